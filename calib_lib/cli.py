@@ -70,6 +70,41 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_data_sources(args) -> int:
+    from .data import source_table
+    rows = source_table()
+    print(f"{'id':<13} {'domain':<16} {'available':<9} backend / why not")
+    for r in rows:
+        print(f"{r['id']:<13} {r['domain']:<16} {'yes' if r['available'] else 'no':<9} {r['backend_or_reason']}")
+    return 0
+
+
+def cmd_data_sample(args) -> int:
+    from .data import get_source, load_eval_text
+    from .data.diagnostics import diagnostics
+    from .data.sampling import CalibrationSpec, export_set, sample
+    from .models import load_model
+    spec = CalibrationSpec(source=args.source, num_samples=args.num_samples, seq_len=args.seq_len,
+                           seed=args.seed, set_index=args.set_index, strategy=args.strategy,
+                           path=args.path, text_field=args.text_field, t_init=args.t_init,
+                           t_final=args.t_final, schedule_steps=args.schedule_steps,
+                           stopword_first=args.stopword_first)
+    model, tokenizer = load_model(args.model)
+    cal = sample(spec, tokenizer, model)
+    fingerprint = export_set(cal, args.out, tokenizer) if args.out else cal.fingerprint
+    reference = args.reference
+    if reference == "auto":
+        reference = "wikitext2" if get_source("wikitext2").availability()[0] else "wikipedia"
+    ref_ids = None
+    if reference != "none":
+        ref_ids = tokenizer(load_eval_text(reference)[:400_000], return_tensors="pt").input_ids[0]
+    report = {**cal.metadata(), "out": args.out, "diagnostics_reference": reference,
+              "diagnostics": diagnostics(cal.input_ids, len(tokenizer), ref_ids)}
+    report["fingerprint"] = fingerprint
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calib", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -86,6 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+")
     p.add_argument("--force", action="store_true", help="rebuild even when the cache verifies")
     p.set_defaults(func=cmd_model_prepare)
+
+    data = verbs.add_parser("data", help="calibration sources and sets").add_subparsers(
+        dest="action", required=True)
+    p = data.add_parser("sources", help="source ids, domains, availability here and why not")
+    p.set_defaults(func=cmd_data_sources)
+    p = data.add_parser("sample", help="sample a calibration set, write it as jsonl, print diagnostics")
+    p.add_argument("--source", required=True)
+    p.add_argument("--num-samples", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set-index", type=int, default=0)
+    p.add_argument("--strategy", default="document-window", choices=["document-window", "concat-chunk"])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--out", help="write the set here (jsonl: ids and decoded text)")
+    p.add_argument("--path", help="custom source: a .txt/.jsonl/.parquet file, exported set or hub dataset id")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--t-init", type=float, default=1.0)
+    p.add_argument("--t-final", type=float, default=1.0)
+    p.add_argument("--schedule-steps", type=int, default=10)
+    p.add_argument("--stopword-first", action="store_true")
+    p.add_argument("--reference", default="auto",
+                   help="source whose held-out text the unigram KL/JS compare against ('none' to skip)")
+    p.set_defaults(func=cmd_data_sample)
 
     p = verbs.add_parser("ppl", help="perplexity of a model on an evaluation text")
     p.add_argument("--model", default="smollm2-135m")

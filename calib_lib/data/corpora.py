@@ -55,7 +55,17 @@ def split_groups(docs: list[tuple[str, str]], salt: str,
 
     Groups are ranked by a salted sha256 of their key and the first ``fraction`` of them (at least
     one) are held out, so the split is fixed by the data alone, not by file order or a global seed.
+    Exact duplicate texts are kept once.
     """
+    # Exact duplicates (the BBC corpus has some under different file names) would put one text on
+    # both sides of the split: keep each text once, in its first group.
+    seen: set[str] = set()
+    unique = []
+    for group, text in docs:
+        if text not in seen:
+            seen.add(text)
+            unique.append((group, text))
+    docs = unique
     groups = sorted({g for g, _ in docs}, key=lambda g: hashlib.sha256(f"{salt}\x00{g}".encode()).hexdigest())
     if len(groups) < 2:
         raise ValueError(f"{salt}: need at least two document groups to hold one out")

@@ -41,12 +41,13 @@ class Source:
     domain: str
     description: str
     backends: tuple[Backend, ...] = ()
-    synthetic: bool = False
+    synthetic: bool = False          # no corpus: the data is made from the model or a user's file
+    note: str = "synthetic (needs only the model)"
 
     def availability(self) -> tuple[bool, str]:
         """(available here, which backend or why not)."""
         if self.synthetic:
-            return True, "synthetic (needs only the model)"
+            return True, self.note
         reasons = []
         for backend in self.backends:
             why = backend.unavailable()
@@ -117,7 +118,7 @@ register(Source("random-vocab", "synthetic", "tokens drawn uniformly from the mo
 register(Source("self", "synthetic", "text the model generates itself from the BOS token (self-calibration)",
                 synthetic=True))
 register(Source("custom", "user", "a local .txt/.jsonl/.parquet file or hub dataset id (--path, --text-field)",
-                synthetic=True))
+                synthetic=True, note="any local file (--path); hub dataset ids when online"))
 
 
 def load_eval_text(source_id: str) -> str:

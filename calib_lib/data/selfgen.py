@@ -1,0 +1,147 @@
+"""Self-calibration (Williams, Chrysostomou & Aletras, 2024): the model writes its own calibration data.
+
+Generation starts from the BOS token alone (no prompt) and samples until EOS or until the row is
+full; short generations are concatenated (each from BOS again) to fill ``seq_len``. The temperature
+of step i follows t_i = t_init + (i / n) (t_final - t_init) for i <= n, then t_final. Optionally the
+first token is restricted to English stop words. Generated sets are cached by (model, spec) as
+exported jsonl files, which the ``custom`` source can also import.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from ..paths import cache_dir
+from .tokenized import tokenizer_digest
+
+STOP_WORDS = ("the", "a", "an", "in", "on", "it", "this", "that", "i", "we", "he", "she", "they", "there",
+              "as", "at", "for", "of", "to", "and", "but", "if", "when", "what", "is", "was", "my", "our",
+              "his", "her", "one", "after", "by", "with", "from", "you", "these", "some")
+
+
+def temperature_at(step: int, t_init: float, t_final: float, steps: int) -> float:
+    """The linear schedule: step 0 samples at t_init, step ``steps`` and later at t_final."""
+    if steps <= 0 or step >= steps:
+        return t_final
+    return t_init + (step / steps) * (t_final - t_init)
+
+
+class ScheduledTemperature(LogitsProcessor):
+    def __init__(self, prompt_len: int, t_init: float, t_final: float, steps: int):
+        self.prompt_len, self.t_init, self.t_final, self.steps = prompt_len, t_init, t_final, steps
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        return scores / temperature_at(step, self.t_init, self.t_final, self.steps)
+
+
+class FirstTokenAllowList(LogitsProcessor):
+    def __init__(self, prompt_len: int, allowed: list[int]):
+        self.prompt_len, self.allowed = prompt_len, torch.tensor(sorted(set(allowed)))
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] != self.prompt_len:
+            return scores
+        masked = torch.full_like(scores, float("-inf"))
+        masked[:, self.allowed] = scores[:, self.allowed]
+        return masked
+
+
+def stop_word_ids(tokenizer) -> list[int]:
+    """Ids of stop words that the tokenizer encodes as one token (lower-case and capitalised)."""
+    ids = []
+    for word in STOP_WORDS:
+        for form in (word, word.capitalize()):
+            encoded = tokenizer(form, add_special_tokens=False).input_ids
+            if len(encoded) == 1:
+                ids.append(encoded[0])
+    if not ids:
+        raise ValueError("no English stop word is a single token for this tokenizer")
+    return ids
+
+
+def start_token_id(tokenizer, model) -> int:
+    for candidate in (tokenizer.bos_token_id, getattr(model.generation_config, "bos_token_id", None),
+                      tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start generation from")
+
+
+def _cache_path(spec, model, tokenizer):
+    prov = getattr(model, "calib_provenance", None)
+    identity = {"model": prov.to_dict() if prov else type(model).__name__,
+                "tokenizer": tokenizer_digest(tokenizer), "spec": spec.normalized(), "version": 1}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / "self_generated" / f"{key}.jsonl"
+
+
+@torch.no_grad()
+def generate_rows(model, tokenizer, num_rows: int, seq_len: int, *, seed: int, t_init: float,
+                  t_final: float, steps: int, stopword_first: bool, batch_size: int = 16,
+                  progress: bool = True) -> torch.Tensor:
+    """``[num_rows, seq_len]`` token ids, each row one or more BOS-started generations concatenated."""
+    bos = start_token_id(tokenizer, model)
+    eos = tokenizer.eos_token_id
+    allowed = stop_word_ids(tokenizer) if stopword_first else None
+    device = next(model.parameters()).device
+    rows: list[list[int]] = [[] for _ in range(num_rows)]
+    bar = tqdm(total=num_rows * seq_len, desc="self-generating", unit="tok", disable=not progress, leave=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        while True:
+            pending = [i for i, r in enumerate(rows) if len(r) < seq_len]
+            if not pending:
+                break
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start:start + batch_size]
+                # Fill rows with the same remaining length together: generation length is one number.
+                remaining = max(seq_len - len(rows[i]) for i in chunk)
+                prompt = torch.full((len(chunk), 1), bos, dtype=torch.long, device=device)
+                processors = [ScheduledTemperature(1, t_init, t_final, steps)]
+                if allowed:
+                    processors.insert(0, FirstTokenAllowList(1, allowed))
+                out = model.generate(
+                    prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                    max_new_tokens=max(1, remaining - 1), logits_processor=LogitsProcessorList(processors),
+                    temperature=1.0, top_k=0, top_p=1.0, pad_token_id=eos if eos is not None else bos,
+                    eos_token_id=eos, use_cache=True)
+                for row_index, generated in zip(chunk, out.tolist()):
+                    piece = [bos]
+                    for token in generated[1:]:
+                        piece.append(token)
+                        if token == eos:
+                            break          # the rest is padding
+                    take = piece[: seq_len - len(rows[row_index])]
+                    rows[row_index].extend(take)
+                    bar.update(len(take))
+    bar.close()
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def self_generated_set(spec, model, tokenizer, *, progress: bool = True):
+    from .sampling import CalibrationSet, export_set, import_set
+
+    path = _cache_path(spec, model, tokenizer)
+    if path.exists():
+        try:
+            cached = import_set(path, tokenizer)
+            cached.spec = spec
+            return cached
+        except (ValueError, KeyError, json.JSONDecodeError):
+            path.unlink(missing_ok=True)      # damaged cache entry: generate again
+    started = time.time()
+    # Each set index draws its own generations; the seed mixes in set_index so sets differ.
+    seed = int(hashlib.sha256(f"self:{spec.seed}:{spec.set_index}".encode()).hexdigest()[:8], 16)
+    ids = generate_rows(model, tokenizer, spec.num_samples, spec.seq_len, seed=seed, t_init=spec.t_init,
+                        t_final=spec.t_final, steps=spec.schedule_steps,
+                        stopword_first=spec.stopword_first, progress=progress)
+    cal = CalibrationSet(spec, ids, "synthetic:self-generated", tokenizer_digest(tokenizer),
+                         seconds=time.time() - started)
+    export_set(cal, path, tokenizer)
+    return cal
