@@ -1,0 +1,132 @@
+"""Compression cost (and quality) on a real model: one line per method.
+
+For each method: wall seconds of compress(), the process's peak RSS, the unit (wall seconds of one
+plain forward pass of the same calibration tokens through the whole model), their ratio, and, with
+--ppl, WikiText-2 (or held-out) perplexity after compression. Each method runs in its own process so
+peak RSS is its own. Results are appended to --out as jsonl as they finish (an interrupted run keeps
+what it measured).
+
+    python benchmarks/compress.py --num-samples 32 --seq-len 512 --ppl --out benchmarks/smollm2-32x512.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+CONFIGS = [
+    ("dense", {}),
+    ("magnitude", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.5}), ("sparsegpt", {"sparsity": 0.5}),
+    ("magnitude", {"n": 2, "m": 4}), ("wanda", {"n": 2, "m": 4}), ("sparsegpt", {"n": 2, "m": 4}),
+    ("rtn", {"bits": 3, "group_size": 128}), ("gptq", {"bits": 3, "group_size": 128}),
+    ("awq", {"bits": 3, "group_size": 128}),
+    ("rtn", {"bits": 4, "group_size": 128}), ("gptq", {"bits": 4, "group_size": 128}),
+    ("awq", {"bits": 4, "group_size": 128}),
+]
+
+
+def calibration(args, tokenizer):
+    from calib_lib.data import get_source
+    from calib_lib.data.sampling import CalibrationSpec, sample
+    source = args.source
+    if source == "auto":
+        source = "c4" if get_source("c4").availability()[0] else "news"
+    return sample(CalibrationSpec(source, args.num_samples, args.seq_len, seed=0), tokenizer)
+
+
+def eval_windows(tokenizer, args):
+    from calib_lib.data import get_source, load_eval_text
+    from calib_lib.evaluate import make_windows
+    text_id = "wikitext2" if get_source("wikitext2").availability()[0] else "wikipedia"
+    ids = tokenizer(load_eval_text(text_id), return_tensors="pt").input_ids[0]
+    return text_id, make_windows(ids, 512, args.eval_windows)
+
+
+def one(args) -> dict:
+    """Run a single configuration in this process."""
+    from calib_lib.compress import compress
+    from calib_lib.evaluate import perplexity
+    from calib_lib.models import load_model
+    model, tokenizer = load_model(args.model, log=lambda *a: None)
+    cal = calibration(args, tokenizer)
+    params = json.loads(args.params)
+    row = {"method": args.method, "params": params, "calibration": cal.metadata()["spec"],
+           "calibration_fingerprint": cal.fingerprint}
+    if args.method != "dense":
+        started = time.time()
+        report = compress(model, args.method, cal.input_ids, progress=False, **params)
+        row["compress_seconds"] = round(time.time() - started, 1)
+        row["damping_retries"] = report["damping_retries"]
+    row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.ppl:
+        text_id, windows = eval_windows(tokenizer, args)
+        started = time.time()
+        result = perplexity(model, windows, progress=False)
+        row.update(eval_text=text_id, perplexity=round(result.perplexity, 3),
+                   scored_tokens=result.scored_tokens, eval_seconds=round(time.time() - started, 1))
+    return row
+
+
+def unit_seconds(args) -> float:
+    from calib_lib.models import load_model
+    model, tokenizer = load_model(args.model, log=lambda *a: None)
+    ids = calibration(args, tokenizer).input_ids
+    started = time.time()
+    with torch.no_grad():
+        for start in range(0, ids.shape[0], 8):
+            model(input_ids=ids[start:start + 8], use_cache=False)
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--source", default="auto", help="calibration source (auto: c4 with the mirror, else news)")
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--ppl", action="store_true", help="also report perplexity after compression")
+    parser.add_argument("--methods", default="", help="comma-separated method names to keep (default: all)")
+    parser.add_argument("--out", default="benchmarks/compress-results.jsonl")
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.method:
+        print(json.dumps(one(args)))
+        return
+    keep = set(filter(None, args.methods.split(",")))
+    unit = unit_seconds(args)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    print(f"unit (one forward of {args.num_samples} x {args.seq_len} tokens): {unit:.1f} s on {machine}", flush=True)
+    for method, params in CONFIGS:
+        if keep and method not in keep and method != "dense":
+            continue
+        cmd = [sys.executable, __file__, "--method", method, "--params", json.dumps(params),
+               "--model", args.model, "--source", args.source, "--num-samples", str(args.num_samples),
+               "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
+        if args.ppl:
+            cmd.append("--ppl")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{method} {params} FAILED:\n{proc.stderr[-3000:]}", flush=True)
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.update(unit_seconds=round(unit, 1), machine=machine, model=args.model)
+        if "compress_seconds" in row:
+            row["ratio"] = round(row["compress_seconds"] / unit, 2)
+        with open(args.out, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(json.dumps({k: row.get(k) for k in ("method", "params", "compress_seconds", "ratio",
+                                                  "peak_rss_mib", "perplexity")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The protocol every compression method follows, and its registry.
+
+A layer-wise method gives a ``LayerCompressor`` per ``nn.Linear``: the driver feeds it the layer's
+inputs for the calibration batch (``add_batch``) and then asks it to ``solve``, which writes the
+compressed weight in place and returns a small dict of what happened. A block-wise method (AWQ)
+overrides ``compress_block`` instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls):
+    METHODS[cls.name] = cls
+    return cls
+
+
+class LayerCompressor:
+    def __init__(self, layer: nn.Linear, method: "Method"):
+        self.layer, self.method = layer, method
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        pass
+
+    def solve(self) -> dict:
+        raise NotImplementedError
+
+
+@dataclass
+class Method:
+    """Parameters of a method; subclasses are dataclasses whose fields are the method's options."""
+
+    name = "base"
+    kind = "prune"                 # "prune" | "quantize"
+    needs_calibration = True
+    block_level = False            # True: the method compresses a whole block (compress_block)
+    layer_compressor = LayerCompressor
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        pass
+
+    def params(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def compressor(self, layer: nn.Linear) -> LayerCompressor:
+        return self.layer_compressor(layer, self)
+
+
+def sparsity_params(sparsity: float, n: int, m: int) -> None:
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if (n, m) != (0, 0):
+        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+            raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
+
+
+def quant_params(bits: int, group_size: int) -> None:
+    if not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an integer in 2..8, got {bits}")
+    if not isinstance(group_size, int) or (group_size <= 0 and group_size != -1):
+        raise ValueError(f"group_size must be a positive integer or -1 (per-channel), got {group_size}")
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """True where pruned: the n lowest scores of each group of m consecutive columns in every row."""
+    rows, cols = score.shape
+    full = cols - cols % m
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    groups = score[:, :full].reshape(rows, -1, m)
+    idx = torch.topk(groups, n, dim=2, largest=False).indices
+    mask[:, :full] = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True).reshape(rows, full)
+    return mask
+
+
+def lowest_k_mask(score: torch.Tensor, k: int, dim: int | None) -> torch.Tensor:
+    """True at exactly k lowest scores per row (dim=1) or in the whole matrix (dim=None)."""
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if k == 0:
+        return mask
+    if dim is None:
+        idx = torch.topk(score.flatten(), k, largest=False).indices
+        mask.view(-1)[idx] = True
+    else:
+        idx = torch.topk(score, k, dim=dim, largest=False).indices
+        mask.scatter_(dim, idx, True)
+    return mask

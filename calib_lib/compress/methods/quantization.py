@@ -1,0 +1,116 @@
+"""Weight quantization: RTN and GPTQ (Frantar et al. 2023). Weights are stored dequantized
+(fake-quant) in the model's dtype; each layer's grid is kept so tests can check every weight is on it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..quant import Grid, grid_params, quantize, rtn
+from .base import LayerCompressor, Method, quant_params, register
+from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
+
+
+class RTNCompressor(LayerCompressor):
+    def solve(self) -> dict:
+        m = self.method
+        Q, grid = rtn(self.layer.weight.data.float(), m.bits, m.group_size, m.sym)
+        self.layer.weight.data.copy_(Q.to(self.layer.weight.dtype))
+        self.layer.calib_grid = grid
+        return {}
+
+
+@register
+@dataclass
+class RTN(Method):
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    name = "rtn"
+    kind = "quantize"
+    needs_calibration = False
+    layer_compressor = RTNCompressor
+
+    def validate(self):
+        quant_params(self.bits, self.group_size)
+
+
+def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
+               act_order: bool = False, static_groups: bool = False, blocksize: int = 128,
+               percdamp: float = 0.01) -> tuple[torch.Tensor, Grid, dict]:
+    """GPTQ: quantize columns in order (by decreasing H_jj with act_order), spreading each column's
+    rounding error over the remaining columns through the inverse-Hessian Cholesky factor, with lazy
+    batch updates every ``blocksize`` columns. Group grids are computed when a group's first column is
+    reached (from the error-updated weights), or up front from the original weights (static_groups)."""
+    W = W.float()
+    W, H, dead = prepare_hessian(W, H.float())
+    rows, cols = W.shape
+    gs = cols if group_size == -1 else group_size
+    n_groups = -(-cols // gs)
+    scales = torch.zeros(rows, n_groups)
+    zeros = torch.zeros(rows, n_groups)
+    if static_groups or group_size == -1:
+        for g in range(n_groups):
+            scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(W[:, g * gs:(g + 1) * gs], bits, sym)
+    perm = torch.arange(cols)
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    invperm = torch.argsort(perm)
+    U, info = inverse_cholesky(H, percdamp)
+    Q = torch.zeros_like(W)
+    # Group of each (permuted) column: original position's group for static grids; in processing
+    # order for dynamic ones (as the reference, groups are formed over the order columns are quantized).
+    g_of_col = perm // gs if (static_groups or group_size == -1) else torch.arange(cols) // gs
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        U1 = U[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = int(g_of_col[col])
+            if not (static_groups or group_size == -1) and col % gs == 0:
+                upcoming = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
+                scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(upcoming, bits, sym)
+            w = W1[:, i]
+            q = quantize(w.unsqueeze(1), scales[:, g:g + 1], zeros[:, g:g + 1], bits).flatten()
+            err = (w - q) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
+            Q[:, col] = q
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    Q = Q[:, invperm]
+    g_idx = g_of_col[invperm]
+    info.update(dead_inputs=dead)
+    return Q, Grid(bits, scales, zeros, g_idx), info
+
+
+class GPTQCompressor(HessianCollector):
+    def solve(self) -> dict:
+        m = self.method
+        Q, grid, info = gptq_solve(self.layer.weight.data, self.H, m.bits, m.group_size, m.sym,
+                                   m.act_order, m.static_groups, m.blocksize, m.percdamp)
+        self.layer.weight.data.copy_(Q.to(self.layer.weight.dtype))
+        self.layer.calib_grid = grid
+        return info
+
+
+@register
+@dataclass
+class GPTQ(Method):
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    act_order: bool = False
+    static_groups: bool = False
+    blocksize: int = 128
+    percdamp: float = 0.01
+    name = "gptq"
+    kind = "quantize"
+    layer_compressor = GPTQCompressor
+
+    def validate(self):
+        quant_params(self.bits, self.group_size)
+        if self.percdamp < 0:
+            raise ValueError("percdamp must be non-negative")
