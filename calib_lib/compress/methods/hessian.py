@@ -24,10 +24,16 @@ class HessianCollector(LayerCompressor):
         self.H += x.T @ x
 
 
+def solver_dtype(W: torch.Tensor) -> torch.dtype:
+    """Solve in float32 (float64 when given float64, as the exact tests do)."""
+    return torch.float64 if W.dtype == torch.float64 else torch.float32
+
+
 def prepare_hessian(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Dead input channels (never active: H_jj = 0) get H_jj = 1 and a zero weight, as in GPTQ."""
-    H = H.clone()
-    W = W.clone()
+    dtype = solver_dtype(W)
+    H = H.to(dtype).clone()
+    W = W.to(dtype).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -53,5 +59,5 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float, max_retries: int = 6) -> 
                 return U, {"damping": damp_frac, "damping_retries": attempt}
         except torch.linalg.LinAlgError:
             pass
-        damp_frac *= 10
+        damp_frac = max(damp_frac * 10, 1e-4)
     raise RuntimeError(f"the Hessian is not positive definite even with damping {damp_frac / 10:g} x mean diag")

@@ -84,8 +84,7 @@ def sparsegpt_solve(W: torch.Tensor, H: torch.Tensor, sparsity: float, n: int = 
     every m columns is chosen when its first column is reached. ``mask`` (True = prune) fixes the mask
     instead, for tests against closed forms. Returns (pruned weight, mask, info).
     """
-    W = W.float()
-    W, H, dead = prepare_hessian(W, H.float())
+    W, H, dead = prepare_hessian(W, H)
     U, info = inverse_cholesky(H, percdamp)
     rows, cols = W.shape
     full_mask = torch.zeros_like(W, dtype=torch.bool)

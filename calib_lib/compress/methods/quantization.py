@@ -42,13 +42,12 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
     rounding error over the remaining columns through the inverse-Hessian Cholesky factor, with lazy
     batch updates every ``blocksize`` columns. Group grids are computed when a group's first column is
     reached (from the error-updated weights), or up front from the original weights (static_groups)."""
-    W = W.float()
-    W, H, dead = prepare_hessian(W, H.float())
+    W, H, dead = prepare_hessian(W, H)
     rows, cols = W.shape
     gs = cols if group_size == -1 else group_size
     n_groups = -(-cols // gs)
-    scales = torch.zeros(rows, n_groups)
-    zeros = torch.zeros(rows, n_groups)
+    scales = torch.zeros(rows, n_groups, dtype=W.dtype)
+    zeros = torch.zeros(rows, n_groups, dtype=W.dtype)
     if static_groups or group_size == -1:
         for g in range(n_groups):
             scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(W[:, g * gs:(g + 1) * gs], bits, sym)
