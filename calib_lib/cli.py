@@ -59,6 +59,25 @@ def cmd_eval_ppl(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, get_suite
+    from .models import load_model
+    suite = get_suite(args.suite)
+    model, tokenizer = load_model(args.model)
+    started = time.time()
+    records = evaluate(model, tokenizer, suite)
+    print(f"{'kind':<10} {'name':<15} {'metric':<11} {'value':>10} {'stderr':>8} {'n':>7} {'seconds':>8}")
+    for r in records:
+        stderr = f"{r['stderr']:.4f}" if r.get("stderr") is not None else "-"
+        print(f"{r['kind']:<10} {r['name']:<15} {r['metric']:<11} {r['value']:>10.4f} {stderr:>8} "
+              f"{r['n']:>7} {r.get('seconds', 0):>8.1f}")
+    print(f"suite {suite.name} on {args.model}: {time.time() - started:.0f} s")
+    if args.json:
+        import pathlib
+        pathlib.Path(args.json).write_text(json.dumps(records, indent=2))
+    return 0
+
+
 def cmd_generate(args) -> int:
     import torch
     from .models import load_model
@@ -151,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--windows", type=int, default=32)
     p.set_defaults(func=cmd_eval_ppl)
+
+    p = verbs.add_parser("eval", help="evaluate a (dense) model on a suite: perplexity and zero-shot tasks")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--suite", default="quick", help="tiny | quick | full")
+    p.add_argument("--json", help="also write the records to this file")
+    p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("generate", help="greedy continuation of a prompt")
     p.add_argument("--model", default="smollm2-135m")

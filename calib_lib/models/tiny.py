@@ -38,14 +38,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
                                   show_progress=False)
     tok.train_from_iterator([_TOKENIZER_TEXT] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>", model_max_length=512)
+                                   eos_token="</s>", pad_token="<pad>", model_max_length=2048)
 
 
 def _config(architecture: str, vocab_size: int, special: dict[str, int]):
     from transformers import GPTNeoXConfig, Gemma3TextConfig, LlamaConfig, OPTConfig
 
     common = dict(vocab_size=vocab_size, num_hidden_layers=2, num_attention_heads=4,
-                  max_position_embeddings=512, **special)
+                  max_position_embeddings=2048, **special)
     if architecture == "llama":
         return LlamaConfig(hidden_size=64, intermediate_size=192, num_key_value_heads=2,
                            tie_word_embeddings=False, **common)

@@ -1,0 +1,126 @@
+"""evaluate(model, tokenizer, suite) -> tidy records (one row per metric), all inputs checked up front.
+
+Perplexity texts: ``wikitext2`` is the standard WikiText-2 test string in order (non-overlapping
+windows from its start, as GPTQ/SparseGPT/Wanda); every other source id scores a fixed seeded set of
+windows from its held-out part (documents in a seeded order, concatenated, cut into windows), so the
+same source's calibration pool never overlaps what is scored. ``auto`` means wikitext2 where available,
+else wikipedia. Tasks run through lm-eval (see ``tasks.py``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .perplexity import context_length, make_windows, perplexity
+from .tasks import TASKS, TaskUnavailableError, run_tasks, task_available
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    ppl_texts: tuple[str, ...] = ("auto",)
+    ppl_windows: int | None = 8          # None: every window the text holds
+    ppl_seq_len: int = 512
+    tasks: tuple[str, ...] = ()
+    task_limit: int | None = 200         # documents per task, a seeded subset (None: all)
+    optional_tasks: bool = False         # skip (and record) tasks whose data is not available here
+    seed: int = 1234
+    batch_size: int = 16
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SUITES = {
+    "tiny": Suite("tiny", ("auto",), 2, 64, ("arc_easy", "piqa", "copa"), 10, optional_tasks=True),
+    "quick": Suite("quick", ("auto",), 8, 512, TASKS, 200, optional_tasks=True),
+    "full": Suite("full", ("wikitext2", "c4"), None, 2048, TASKS, None),
+}
+
+
+def get_suite(suite: str | Suite | dict) -> Suite:
+    if isinstance(suite, Suite):
+        return suite
+    if isinstance(suite, dict):
+        return Suite(**suite)
+    if suite not in SUITES:
+        raise ValueError(f"unknown evaluation suite {suite!r}; known: {', '.join(SUITES)}")
+    return SUITES[suite]
+
+
+def _resolve_text(text_id: str) -> str:
+    if text_id != "auto":
+        return text_id
+    from ..data import get_source
+    return "wikitext2" if get_source("wikitext2").availability()[0] else "wikipedia"
+
+
+def evaluation_windows(text_id: str, tokenizer, seq_len: int, num_windows: int | None, seed: int) -> torch.Tensor:
+    from ..data import get_source
+    corpus = get_source(text_id).corpus()
+    if text_id == "wikitext2":
+        ids = tokenizer(corpus.evaluation_text(), return_tensors="pt").input_ids[0]
+        return make_windows(ids, seq_len, num_windows)
+    from ..data.tokenized import tokenize_documents
+    docs = tokenize_documents(corpus.heldout, tokenizer, cache_key=f"heldout-{text_id}-{corpus.digest[:16]}")
+    order = np.random.default_rng(seed).permutation(len(docs))
+    stream = torch.from_numpy(np.concatenate([docs.doc(int(i)) for i in order]))
+    return make_windows(stream, seq_len, num_windows)
+
+
+def plan(model, suite: Suite) -> tuple[list[str], list[str], list[dict]]:
+    """Check everything before any compute: (ppl texts, tasks to run, skipped-task records)."""
+    from ..data import get_source
+    limit = context_length(model)
+    if limit is not None and suite.ppl_seq_len > limit:
+        raise ValueError(f"suite {suite.name!r} scores windows of {suite.ppl_seq_len} tokens, longer than "
+                         f"the model's context of {limit}")
+    texts = [_resolve_text(t) for t in suite.ppl_texts]
+    for text_id in texts:
+        source = get_source(text_id)
+        if source.synthetic:
+            raise ValueError(f"{text_id!r} has no held-out text to score")
+        ok, how = source.availability()
+        if not ok:
+            raise TaskUnavailableError(f"perplexity text {text_id!r} is unavailable here: {how}")
+    unknown = [t for t in suite.tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    tasks, skipped = [], []
+    for task in suite.tasks:
+        ok, how = task_available(task)
+        if ok:
+            tasks.append(task)
+        elif suite.optional_tasks:
+            skipped.append({"kind": "task", "name": task, "metric": "skipped", "value": float("nan"),
+                            "stderr": None, "n": 0, "note": how})
+        else:
+            raise TaskUnavailableError(f"task {task!r} is unavailable here: {how}")
+    return texts, tasks, skipped
+
+
+def evaluate(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bool = True) -> list[dict]:
+    """Tidy records, one per metric: kind, name, metric, value, stderr, n (tokens or documents), seconds."""
+    suite = get_suite(suite)
+    texts, tasks, records = plan(model, suite)
+    for text_id in texts:
+        started = time.time()
+        windows = evaluation_windows(text_id, tokenizer, suite.ppl_seq_len, suite.ppl_windows, suite.seed)
+        result = perplexity(model, windows, progress=progress, desc=f"ppl {text_id}")
+        records.append({"kind": "perplexity", "name": text_id, "metric": "perplexity",
+                        "value": result.perplexity, "stderr": None, "n": result.scored_tokens,
+                        "windows": result.windows, "seq_len": result.seq_len,
+                        "seconds": time.time() - started})
+    if tasks:
+        results, seconds = run_tasks(model, tokenizer, tasks, suite.task_limit, suite.seed, suite.batch_size)
+        for r in results:
+            records.append({"kind": "task", "name": r.task, "metric": r.metric, "value": r.value,
+                            "stderr": r.stderr, "n": r.docs, "seconds": seconds[r.task]})
+        accs = [r.value for r in results if r.metric == "acc"]
+        if accs:
+            records.append({"kind": "task", "name": "mean", "metric": "acc", "value": float(np.mean(accs)),
+                            "stderr": None, "n": len(accs), "seconds": sum(seconds.values())})
+    return records
