@@ -147,3 +147,32 @@ def test_methods_that_need_calibration_say_so():
     with pytest.raises(ValueError, match="needs calibration data"):
         compress(model, "gptq", None, progress=False)
     assert {"magnitude", "wanda", "sparsegpt", "rtn", "gptq", "awq"} <= set(METHODS)
+
+
+def test_layers_reading_one_input_share_statistics_computed_once(monkeypatch):
+    """q/k/v (and gate/up) read the same tensor: its Hessian is accumulated once and shared, and the
+    result is identical to accumulating it per layer."""
+    from calib_lib.compress.methods import hessian
+    calls = []
+    original = hessian.HessianCollector.add_batch
+    monkeypatch.setattr(hessian.HessianCollector, "add_batch",
+                        lambda self, inp: (calls.append(id(self)), original(self, inp)))
+    model, tok = fresh("tiny-llama")
+    compress(model, "gptq", tokens(tok, 4, 32, 0), batch_size=2, progress=False, bits=3, group_size=32)
+    # per block: 7 linears, 4 distinct inputs (qkv, o, gate/up, down); 2 batches; 2 blocks
+    assert len(calls) == 4 * 2 * 2
+    layer = block_linears(decoder_blocks(model)[0])["self_attn.k_proj"]
+    H = torch.zeros(64, 64)
+    ref_model, _ = fresh("tiny-llama")
+    first = decoder_blocks(ref_model)[0]
+    xs = []
+    hook = first.self_attn.k_proj.register_forward_hook(lambda m, i, o: xs.append(i[0].reshape(-1, 64)))
+    with torch.no_grad():
+        for start in (0, 2):
+            ref_model(tokens(tok, 4, 32, 0)[start:start + 2], use_cache=False)
+    hook.remove()
+    X = torch.cat(xs)
+    H = 2 / X.shape[0] * X.T @ X
+    from calib_lib.compress.methods.quantization import gptq_solve
+    Q, _, _ = gptq_solve(first.self_attn.k_proj.weight.data, H, bits=3, group_size=32)
+    assert torch.allclose(layer.weight.data, Q, atol=1e-5)

@@ -91,6 +91,38 @@ def run_block(block, hidden: list[torch.Tensor], calls: list) -> list[torch.Tens
         return [block(h, *args, **kwargs) for h, (args, kwargs) in zip(hidden, calls)]
 
 
+def _collect_statistics(block, hidden, calls, linears, compressors) -> dict[str, str]:
+    """Run the block once, feeding each layer's input to its compressor. Layers that read a tensor
+    another layer already read in the same batch (q/k/v, gate/up) are not fed: the returned map names,
+    for each such follower, the leader whose statistics it shares."""
+    followers: dict[str, str] = {}
+    # Holding every seen input until the batch ends keeps its memory from being reused by a later
+    # tensor, so an equal data_ptr really means the same tensor.
+    seen: dict[tuple, tuple[str, torch.Tensor]] = {}
+
+    def hook(name):
+        def feed(module, inp, out):
+            x = inp[0]
+            key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
+            leader = seen.setdefault(key, (name, x))[0]
+            if leader == name:
+                compressors[name].add_batch(x)
+            else:
+                followers[name] = leader
+        return feed
+
+    hooks = [layer.register_forward_hook(hook(name)) for name, layer in linears.items()]
+    try:
+        with torch.no_grad():
+            for h, (args, kwargs) in zip(hidden, calls):
+                seen.clear()
+                block(h, *args, **kwargs)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return followers
+
+
 def make_method(method: str | Method, **params) -> Method:
     if isinstance(method, Method):
         if params:
@@ -137,13 +169,9 @@ def compress(model, method: str | Method, calibration: torch.Tensor | None = Non
         else:
             linears = block_linears(block)
             compressors = {name: method.compressor(layer) for name, layer in linears.items()}
-            hooks = [layer.register_forward_hook(lambda mod, inp, out, c=compressors[name]: c.add_batch(inp[0]))
-                     for name, layer in linears.items()]
-            try:
-                run_block(block, hidden, calls)
-            finally:
-                for h in hooks:
-                    h.remove()
+            leaders = _collect_statistics(block, hidden, calls, linears, compressors)
+            for name, leader in leaders.items():
+                compressors[name].share_statistics(compressors[leader])
             for name, comp in compressors.items():
                 layers_info[f"{b}.{name}"] = comp.solve()
             del compressors

@@ -27,6 +27,13 @@ class LayerCompressor:
     def add_batch(self, inp: torch.Tensor) -> None:
         pass
 
+    def share_statistics(self, leader: "LayerCompressor") -> None:
+        """Take the statistics ``leader`` collected from the very same inputs (q/k/v, gate/up).
+
+        The driver calls this instead of add_batch for layers that read the tensor another layer
+        already read, so shared statistics are computed once.
+        """
+
     def solve(self) -> dict:
         raise NotImplementedError
 

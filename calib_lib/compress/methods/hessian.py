@@ -23,6 +23,9 @@ class HessianCollector(LayerCompressor):
         x = x * (2 / self.tokens) ** 0.5
         self.H += x.T @ x
 
+    def share_statistics(self, leader) -> None:
+        self.H, self.tokens = leader.H, leader.tokens   # solvers clone H before changing it
+
 
 def solver_dtype(W: torch.Tensor) -> torch.dtype:
     """Solve in float32 (float64 when given float64, as the exact tests do)."""

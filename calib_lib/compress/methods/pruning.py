@@ -51,6 +51,9 @@ class WandaCompressor(LayerCompressor):
         x = inp.reshape(-1, inp.shape[-1]).double()
         self.sq_norm += (x * x).sum(0)
 
+    def share_statistics(self, leader) -> None:
+        self.sq_norm = leader.sq_norm
+
     def solve(self) -> dict:
         W = self.layer.weight.data
         score = W.abs().double() * self.sq_norm.sqrt().unsqueeze(0)     # |W_ij| * ||X_j||_2
