@@ -78,6 +78,36 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _specs_from(path: str, single: bool):
+    from .runs import expand_grid, load_yaml, parse_spec
+    data = load_yaml(path)
+    return [parse_spec(data)] if single else expand_grid(data)
+
+
+def cmd_run(args) -> int:
+    from .runs import Store, run_specs
+    specs = _specs_from(args.spec, single=args.verb == "run")
+    store = Store(args.store)
+    started = time.time()
+    summary = run_specs(specs, store, backend=args.backend, address=args.address)
+    print(f"{summary['total']} runs: {summary['cached']} already in {args.store}, {summary['done']} done now, "
+          f"{summary['failed']} failed ({time.time() - started:.1f} s)")
+    return 1 if summary["failed"] else 0
+
+
+def cmd_status(args) -> int:
+    from .runs import Store, status
+    specs = _specs_from(args.spec, single=False)
+    state = status(specs, Store(args.store))
+    print(f"done {len(state['done'])}  pending {len(state['pending'])}  failed {len(state['failed'])}  "
+          f"(of {len(specs)} in {args.spec})")
+    if args.verbose:
+        for name, group in state.items():
+            for spec in group:
+                print(f"{name:<8} {spec.key[:12]}  {spec.label()}")
+    return 0
+
+
 def cmd_generate(args) -> int:
     import torch
     from .models import load_model
@@ -176,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="quick", help="tiny | quick | full")
     p.add_argument("--json", help="also write the records to this file")
     p.set_defaults(func=cmd_eval)
+
+    for verb, what in (("run", "run one spec (YAML)"), ("sweep", "run every point of a grid (YAML)")):
+        p = verbs.add_parser(verb, help=what)
+        p.add_argument("spec")
+        p.add_argument("--store", default="results/calib.sqlite")
+        p.add_argument("--backend", default="local", choices=["local", "ray"])
+        p.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+        p.set_defaults(func=cmd_run)
+    p = verbs.add_parser("status", help="done / pending / failed runs of a grid")
+    p.add_argument("spec")
+    p.add_argument("--store", default="results/calib.sqlite")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_status)
 
     p = verbs.add_parser("generate", help="greedy continuation of a prompt")
     p.add_argument("--model", default="smollm2-135m")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import FieldError
 from .corpora import local_file_documents, split_groups
 from .sources import SOURCES, get_source
 from .tokenized import TokenizedDocs, tokenize_documents, tokenizer_digest
@@ -44,25 +45,27 @@ class CalibrationSpec:
 
     def __post_init__(self):
         if self.source not in SOURCES:
-            raise ValueError(f"unknown calibration source {self.source!r}; known: {', '.join(SOURCES)}")
+            raise FieldError("source", f"unknown calibration source {self.source!r}; known: {', '.join(SOURCES)}")
         for name in ("num_samples", "seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise FieldError(name, f"{name} must be a positive integer, got {value!r}")
         if self.seq_len < 2:
-            raise ValueError("seq_len must be at least 2 tokens")
+            raise FieldError("seq_len", "seq_len must be at least 2 tokens")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise FieldError("seed", f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.set_index, int) or self.set_index < 0:
-            raise ValueError(f"set_index must be a non-negative integer, got {self.set_index!r}")
+            raise FieldError("set_index", f"set_index must be a non-negative integer, got {self.set_index!r}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
+            raise FieldError("strategy", f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
         if self.source == "custom" and not self.path:
-            raise ValueError("source 'custom' needs path= (a .txt/.jsonl/.parquet file, an exported "
+            raise FieldError("path", "source 'custom' needs path= (a .txt/.jsonl/.parquet file, an exported "
                              "set, or a hub dataset id)")
         if self.source == "self":
             if self.t_init <= 0 or self.t_final <= 0:
-                raise ValueError("temperatures t_init and t_final must be positive")
+                raise FieldError("t_init", "temperatures t_init and t_final must be positive")
             if self.schedule_steps < 0:
-                raise ValueError("schedule_steps must be >= 0")
+                raise FieldError("schedule_steps", "schedule_steps must be >= 0")
 
     def normalized(self) -> dict:
         """The fields that determine the data (source-specific options only where they apply)."""

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..quant import Grid, grid_params, group_bounds, quantize
+from ...errors import FieldError
 from .base import Method, quant_params, register
 
 _QUERY_KEY = re.compile(r"(^|\.)(q_proj|k_proj|q|k|query|key|query_key_value|qkv_proj|c_attn)$")
@@ -62,8 +63,10 @@ class AWQ(Method):
 
     def validate(self):
         quant_params(self.bits, self.group_size)
-        if self.n_grid < 1 or not 0 <= self.max_shrink < 1 or self.search_samples < 1:
-            raise ValueError("awq needs n_grid >= 1, 0 <= max_shrink < 1, search_samples >= 1")
+        for name, ok, rule in [("n_grid", self.n_grid >= 1, ">= 1"), ("max_shrink", 0 <= self.max_shrink < 1, "in [0, 1)"),
+                               ("search_samples", self.search_samples >= 1, ">= 1")]:
+            if not ok:
+                raise FieldError(name, f"awq {name} must be {rule}, got {getattr(self, name)!r}")
 
     # -- statistics ----------------------------------------------------------------------------
     def _collect(self, block, hidden, calls, linears):

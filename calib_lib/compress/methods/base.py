@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from ...errors import FieldError
+
 METHODS: dict[str, type["Method"]] = {}
 
 
@@ -62,18 +64,18 @@ class Method:
 
 
 def sparsity_params(sparsity: float, n: int, m: int) -> None:
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0 <= sparsity < 1:
+        raise FieldError("sparsity", f"sparsity must be in [0, 1), got {sparsity!r}")
     if (n, m) != (0, 0):
         if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-            raise ValueError(f"N:M sparsity needs 0 < N < M, got {n}:{m}")
+            raise FieldError("n", f"N:M sparsity needs 0 < N < M, got {n}:{m}")
 
 
 def quant_params(bits: int, group_size: int) -> None:
-    if not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits must be an integer in 2..8, got {bits}")
-    if not isinstance(group_size, int) or (group_size <= 0 and group_size != -1):
-        raise ValueError(f"group_size must be a positive integer or -1 (per-channel), got {group_size}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+        raise FieldError("bits", f"bits must be an integer in 2..8, got {bits!r}")
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or (group_size <= 0 and group_size != -1):
+        raise FieldError("group_size", f"group_size must be a positive integer or -1 (per-channel), got {group_size!r}")
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import FieldError
 from .base import LayerCompressor, Method, lowest_k_mask, nm_mask, register, sparsity_params
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
@@ -143,6 +144,6 @@ class SparseGPT(Method):
     def validate(self):
         sparsity_params(self.sparsity, self.n, self.m)
         if self.n and self.blocksize % self.m:
-            raise ValueError(f"blocksize {self.blocksize} must be a multiple of M={self.m}")
+            raise FieldError("blocksize", f"blocksize {self.blocksize} must be a multiple of M={self.m}")
         if not 0 <= self.percdamp:
-            raise ValueError("percdamp must be non-negative")
+            raise FieldError("percdamp", "percdamp must be non-negative")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..quant import Grid, grid_params, quantize, rtn
+from ...errors import FieldError
 from .base import LayerCompressor, Method, quant_params, register
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
@@ -112,4 +113,4 @@ class GPTQ(Method):
     def validate(self):
         quant_params(self.bits, self.group_size)
         if self.percdamp < 0:
-            raise ValueError("percdamp must be non-negative")
+            raise FieldError("percdamp", "percdamp must be non-negative")

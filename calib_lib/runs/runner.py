@@ -1,0 +1,84 @@
+"""Execute one RunSpec: sample calibration data, compress, evaluate, and describe how it went.
+
+Expensive shared work is cached: the dequantized model (on disk, and its pristine weights in memory,
+restored before each run instead of reloading), tokenized corpora and self-generated sets (on disk).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+import torch
+
+from .spec import RunSpec, code_version
+
+_MODELS: dict[tuple[str, str], tuple] = {}
+
+
+def pristine_model(name: str, dtype: str):
+    """The model with its original weights (restored in place if an earlier run compressed it)."""
+    from ..models import load_model
+    key = (name, dtype)
+    if key not in _MODELS:
+        model, tokenizer = load_model(name, dtype=dtype, log=lambda *a: None)
+        _MODELS[key] = (model, tokenizer, {k: v.clone() for k, v in model.state_dict().items()})
+    model, tokenizer, weights = _MODELS[key]
+    model.load_state_dict(weights)
+    for module in model.modules():
+        module.__dict__.pop("calib_grid", None)
+    return model, tokenizer
+
+
+def environment() -> dict:
+    packages = {}
+    for name in ("calib_lib", "torch", "transformers", "lm_eval", "datasets", "numpy", "scipy"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "packages": packages}
+
+
+def execute(spec: RunSpec, progress: bool = False) -> dict:
+    from ..compress import compress
+    from ..data.diagnostics import diagnostics
+    from ..data.sampling import sample
+    from ..evaluate import evaluate
+
+    timings = {}
+    started = time.time()
+    model, tokenizer = pristine_model(spec.model, spec.dtype)
+    timings["load"] = time.time() - started
+    record: dict = {"code_version": code_version(spec.method),
+                    "model_provenance": model.calib_provenance.to_dict()}
+    calibration = None
+    if spec.calibration is not None:
+        t = time.time()
+        cal = sample(spec.calibration, tokenizer, model, progress=progress)
+        calibration = cal.input_ids
+        timings["calibration"] = time.time() - t
+        record.update(calibration_fingerprint=cal.fingerprint, calibration_origin=cal.origin,
+                      calibration_diagnostics=diagnostics(cal.input_ids, len(tokenizer)))
+    if spec.method != "dense":
+        t = time.time()
+        report = compress(model, spec.method, calibration, batch_size=spec.batch_size, progress=progress,
+                          **dict(spec.method_params))
+        timings["compression"] = time.time() - t
+        sparsities = [v["sparsity"] for v in report["layers"].values() if "sparsity" in v]
+        record["compression"] = {"damping_retries": report["damping_retries"],
+                                 "mean_layer_sparsity": sum(sparsities) / len(sparsities) if sparsities else None}
+    t = time.time()
+    record["metrics"] = evaluate(model, tokenizer, spec.suite, progress=progress)
+    timings["evaluation"] = time.time() - t
+    timings["total"] = time.time() - started
+    record["timings"] = timings
+    record["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["environment"] = environment()
+    return record

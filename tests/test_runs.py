@@ -1,0 +1,220 @@
+"""Run specs, keys, the store, sweeps: nothing lost, nothing duplicated, identical numbers on rerun."""
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from calib_lib.runs import SpecError, Store, expand_grid, parse_spec, run_specs, status
+from calib_lib.runs import spec as spec_module
+from conftest import REPO
+
+TINY_EVAL = {"ppl_texts": ["news"], "ppl_windows": 2, "ppl_seq_len": 32}
+BASE = {"model": "tiny-llama", "eval": TINY_EVAL, "calibration": {"num_samples": 4, "seq_len": 32}}
+GRID = {"base": BASE, "grid": {"method": [{"name": "wanda", "sparsity": 0.5}, {"name": "sparsegpt", "sparsity": 0.5}],
+                               "calibration.source": ["news", "books"], "calibration.set_index": [0, 1, 2]}}
+
+
+def numbers(record):
+    """A run's metrics without their wall-clock timings."""
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in record["metrics"]]
+
+
+def spec(**over):
+    data = {"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5},
+            "calibration": {"source": "news", "num_samples": 4, "seq_len": 32}, "eval": TINY_EVAL, **over}
+    return parse_spec(data)
+
+
+@pytest.mark.parametrize("data, path", [
+    ({"method": {"name": "sparsegpt", "sparsity": 1.5}}, "method.sparsity"),
+    ({"method": {"name": "gptq", "bits": 1}}, "method.bits"),
+    ({"method": {"name": "wanda", "n": 4, "m": 2}}, "method.n"),
+    ({"method": {"name": "rtn", "group_size": 0}}, "method.group_size"),
+    ({"method": {"name": "rtn", "group_size": -3}}, "method.group_size"),
+    ({"method": {"name": "wanda", "sparsty": 0.5}}, "method.sparsty"),
+    ({"method": {"name": "gptq", "bits": "4"}}, "method.bits"),
+    ({"method": {"name": "quantum"}}, "method.name"),
+    ({"calibration": {"source": "news", "num_samples": 0, "seq_len": 32}}, "calibration.num_samples"),
+    ({"calibration": {"source": "nowhere", "num_samples": 4, "seq_len": 32}}, "calibration.source"),
+    ({"calibration": {"source": "news", "num_samples": 4, "seq_len": 32, "colour": 1}}, "calibration.colour"),
+    ({"eval": {"ppl_windows": 2, "tasks": ["arc_easy"], "wat": 1}}, "eval.wat"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"extra": True}, "extra"),
+])
+def test_bad_specs_name_the_field_path(data, path):
+    base = {"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5},
+            "calibration": {"source": "news", "num_samples": 4, "seq_len": 32}}
+    with pytest.raises(SpecError) as err:
+        parse_spec({**base, **data})
+    assert err.value.path == path and str(err.value).startswith(path + ":")
+
+
+def test_grid_errors_name_the_grid_point():
+    base = {**BASE, "calibration": {**BASE["calibration"], "source": "news"}}
+    bad = {"base": base, "grid": {"method": [{"name": "wanda", "sparsity": 0.5}, {"name": "wanda", "sparsity": 1.5}]}}
+    with pytest.raises(SpecError, match=r"method.sparsity: .*grid point"):
+        expand_grid(bad)
+    with pytest.raises(SpecError, match="grid.calibration.seed"):
+        expand_grid({"base": BASE, "grid": {"calibration.seed": []}})
+
+
+def test_key_is_stable_normalised_and_code_sensitive(monkeypatch):
+    a = spec()
+    b = parse_spec({"model": "tiny-llama", "eval": TINY_EVAL, "method": {"sparsity": 0.5, "name": "wanda", "n": 0},
+                    "calibration": {"seq_len": 32, "num_samples": 4, "source": "news", "seed": 0}})
+    assert a.key == b.key                                # defaults and order do not matter
+    assert spec(calibration={"source": "news", "num_samples": 4, "seq_len": 32, "set_index": 1}).key != a.key
+    before = a.key
+    monkeypatch.setattr(spec_module, "code_version", lambda method: "changed-algorithm")
+    assert spec().key != before                          # a changed algorithm is not a cache hit
+
+
+def test_code_version_ignores_comments_and_docstrings(tmp_path, monkeypatch):
+    source = (spec_module._PACKAGE / "compress/quant.py").read_text()
+    edited = source.replace('"""Uniform min-max', '"""Edited docstring. Uniform min-max', 1) + "\n# a comment\n"
+    import ast
+    dump = lambda s: ast.dump(spec_module._strip_docstrings(ast.parse(s)))
+    assert dump(source) == dump(edited)
+    assert dump(source) != dump(source.replace("2 ** bits - 1", "2 ** bits - 2", 1))
+
+
+def test_store_is_atomic_without_duplicates_and_keeps_done_runs(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    store.put("k1", "failed", "x", {"a": 1}, {"error": "boom", "traceback": "...", "metrics": []})
+    store.put("k1", "done", "x", {"a": 1}, {"metrics": [{"value": 1.0}]})
+    store.put("k1", "failed", "x", {"a": 1}, {"error": "late failure", "metrics": []})
+    assert store.count() == {"done": 1}
+    assert store.get("k1")["metrics"] == [{"value": 1.0}]
+
+
+def _writer(path, worker):
+    store = Store(path)
+    for i in range(30):
+        store.put(f"key{(i + worker) % 40}", "done", "w", {"i": i}, {"metrics": [], "worker": worker})
+
+
+def test_store_is_safe_with_several_writers(tmp_path):
+    path = tmp_path / "many.sqlite"
+    Store(path)
+    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(path, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert Store(path).count() == {"done": 33}           # keys 0..32 from the overlapping ranges
+
+
+def test_failed_run_is_recorded_with_traceback_and_retried(tmp_path, monkeypatch):
+    from calib_lib.runs import runner
+    store = Store(tmp_path / "f.sqlite")
+    s = spec()
+    monkeypatch.setattr(runner, "execute", lambda spec, progress=False: (_ for _ in ()).throw(RuntimeError("disk on fire")))
+    assert run_specs([s], store, progress=False)["failed"] == 1
+    failed = store.records("failed")[0]
+    assert "disk on fire" in failed["error"] and "Traceback" in failed["traceback"] and failed["metrics"] == []
+    monkeypatch.undo()
+    assert run_specs([s], store, progress=False)["done"] == 1
+    assert store.count() == {"done": 1}
+
+
+def test_sweep_rerun_is_all_cache_hits_with_identical_numbers(tmp_path):
+    specs = expand_grid(GRID)
+    assert len(specs) == 12
+    store = Store(tmp_path / "r.sqlite")
+    assert run_specs(specs, store, progress=False) == {"total": 12, "cached": 0, "done": 12, "failed": 0}
+    assert run_specs(specs, store, progress=False) == {"total": 12, "cached": 12, "done": 0, "failed": 0}
+    other = Store(tmp_path / "again.sqlite")
+    run_specs(specs[:3], other, progress=False)
+    for s in specs[:3]:
+        assert numbers(store.get(s.key)) == numbers(other.get(s.key))
+    record = store.get(specs[0].key)
+    for field in ("calibration_fingerprint", "calibration_diagnostics", "timings", "peak_rss_mib",
+                  "environment", "code_version", "model_provenance"):
+        assert record[field], field
+    frame = store.frame()
+    assert len(frame) == 12 and set(frame["calibration.source"]) == {"news", "books"}
+
+
+def _sweep_cmd(grid_path, store_path):
+    return [sys.executable, "-m", "calib_lib.cli", "sweep", str(grid_path), "--store", str(store_path)]
+
+
+def test_killing_a_sweep_at_random_points_loses_and_duplicates_nothing(tmp_path):
+    grid_path = tmp_path / "grid.yaml"
+    grid = {"base": BASE, "grid": {"method": [{"name": "wanda", "sparsity": 0.5}, {"name": "sparsegpt", "sparsity": 0.5}],
+                                   "calibration.source": ["news"], "calibration.set_index": [0, 1, 2, 3]}}
+    grid_path.write_text(yaml.safe_dump(grid))
+    store_path = tmp_path / "killed.sqlite"
+    specs = expand_grid(grid)
+    rng = random.Random(0)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    history = [0]
+    for attempt in range(4):              # interrupt at random points: SIGKILL, and once Ctrl-C
+        proc = subprocess.Popen(_sweep_cmd(grid_path, store_path), cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 10.0))
+        proc.send_signal(signal.SIGINT if attempt == 1 else signal.SIGKILL)
+        proc.wait()
+        done_now = Store(store_path).count().get("done", 0) if store_path.exists() else 0
+        assert done_now >= history[-1], "a completed run was lost"
+        history.append(done_now)
+    assert history[-1] < len(specs), "the sweep finished before it was interrupted; lengthen it"
+    finish = subprocess.run(_sweep_cmd(grid_path, store_path), cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    missing = len(specs) - history[-1]
+    assert f"{history[-1]} already in" in finish.stdout and f"{missing} done now" in finish.stdout
+    store = Store(store_path)
+    assert store.count() == {"done": len(specs)}
+    with __import__("sqlite3").connect(store_path) as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM runs").fetchone() == (len(specs), len(specs))
+    reference = Store(tmp_path / "clean.sqlite")
+    run_specs(specs, reference, progress=False)
+    for s in specs:
+        assert numbers(store.get(s.key)) == numbers(reference.get(s.key))
+
+
+def test_cli_status_and_run(tmp_path, capsys):
+    from calib_lib.cli import main
+    grid_path = tmp_path / "g.yaml"
+    grid_path.write_text(yaml.safe_dump({"base": BASE, "grid": {"method": ["magnitude", "rtn"],
+                                                                "calibration.source": ["news"]}}))
+    store = str(tmp_path / "c.sqlite")
+    assert main(["status", str(grid_path), "--store", store]) == 0
+    assert "pending 2" in capsys.readouterr().out
+    assert main(["sweep", str(grid_path), "--store", store]) == 0
+    assert main(["status", str(grid_path), "--store", store]) == 0
+    assert "done 2" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": "tiny-llama", "method": {"name": "gptq", "bits": 1}}))
+    assert main(["run", str(bad), "--store", store]) == 2
+    assert "method.bits" in capsys.readouterr().err
+
+
+def test_ray_cluster_runs_a_grid_with_identical_numbers(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+    specs = expand_grid({"base": BASE, "grid": {"method": [{"name": "wanda", "sparsity": 0.5}, "rtn"],
+                                                "calibration.source": ["news"], "calibration.set_index": [0, 1]}})
+    local = Store(tmp_path / "local.sqlite")
+    run_specs(specs, local, progress=False)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)                         # the head and one worker process
+    try:
+        remote = Store(tmp_path / "ray.sqlite")
+        summary = run_specs(specs, remote, backend="ray", address=cluster.address, progress=False)
+        assert summary == {"total": 3, "cached": 0, "done": 3, "failed": 0}
+        for s in specs:
+            assert numbers(remote.get(s.key)) == numbers(local.get(s.key))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
