@@ -175,7 +175,8 @@ def compress(model, method: str | Method, calibration: torch.Tensor | None = Non
             for name, comp in compressors.items():
                 layers_info[f"{b}.{name}"] = comp.solve()
             del compressors
-        hidden = run_block(block, hidden, calls)
+        if b + 1 < len(blocks):                  # the last block's outputs feed nothing
+            hidden = run_block(block, hidden, calls)
         per_block[b] = None
     model.train(was_training)
     return _report(method, layers_info, started, calibration)

@@ -17,11 +17,11 @@ class HessianCollector(LayerCompressor):
     def add_batch(self, inp: torch.Tensor) -> None:
         x = inp.reshape(-1, inp.shape[-1]).float()
         n = x.shape[0]
-        # Running mean keeps H on the same scale whatever the number of batches.
-        self.H *= self.tokens / (self.tokens + n)
+        # Running mean keeps H on the same scale whatever the number of batches; addmm_ updates H
+        # in place without a scaled copy of the activations.
+        self.H.mul_(self.tokens / (self.tokens + n))
         self.tokens += n
-        x = x * (2 / self.tokens) ** 0.5
-        self.H += x.T @ x
+        self.H.addmm_(x.T, x, alpha=2 / self.tokens)
 
     def share_statistics(self, leader) -> None:
         self.H, self.tokens = leader.H, leader.tokens   # solvers clone H before changing it
