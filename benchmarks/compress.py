@@ -17,6 +17,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -49,6 +50,30 @@ def eval_windows(tokenizer, args):
     return text_id, make_windows(ids, 512, args.eval_windows)
 
 
+class PeakRSS:
+    """Peak resident memory while a block of code runs (ru_maxrss would include model loading)."""
+
+    def __enter__(self):
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
 def one(args) -> dict:
     """Run a single configuration in this process."""
     from calib_lib.compress import compress
@@ -59,11 +84,14 @@ def one(args) -> dict:
     params = json.loads(args.params)
     row = {"method": args.method, "params": params, "calibration": cal.metadata()["spec"],
            "calibration_fingerprint": cal.fingerprint}
+    row["rss_before_mib"] = round(PeakRSS._rss() / 2**20)
     if args.method != "dense":
         started = time.time()
-        report = compress(model, args.method, cal.input_ids, progress=False, **params)
+        with PeakRSS() as memory:
+            report = compress(model, args.method, cal.input_ids, progress=False, **params)
         row["compress_seconds"] = round(time.time() - started, 1)
         row["damping_retries"] = report["damping_retries"]
+        row["compress_peak_rss_mib"] = round(memory.peak / 2**20)
     row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.ppl:
         text_id, windows = eval_windows(tokenizer, args)
@@ -125,7 +153,7 @@ def main() -> None:
         with open(args.out, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps({k: row.get(k) for k in ("method", "params", "compress_seconds", "ratio",
-                                                  "peak_rss_mib", "perplexity")}), flush=True)
+                                                  "compress_peak_rss_mib", "perplexity")}), flush=True)
 
 
 if __name__ == "__main__":

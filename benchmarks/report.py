@@ -1,0 +1,33 @@
+"""Render benchmark jsonl files (from compress.py) as a markdown table.
+
+    python benchmarks/report.py benchmarks/smollm2-32x512.jsonl
+"""
+import json
+import sys
+
+
+def fmt_params(params: dict) -> str:
+    if "n" in params:
+        return f"{params['n']}:{params['m']}"
+    if "sparsity" in params:
+        return f"{params['sparsity']:.0%}"
+    if "bits" in params:
+        return f"{params['bits']}-bit g{params['group_size']}"
+    return ""
+
+
+def main(paths):
+    print("| method | setting | compress s | unit s | ratio | RSS before / peak during compress MiB | process peak RSS MiB | perplexity | eval text (scored tokens) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for path in paths:
+        for line in open(path):
+            r = json.loads(line)
+            cell = lambda k, f="{}": f.format(r[k]) if r.get(k) is not None else "-"
+            ppl = f"{r['perplexity']:.2f}" if "perplexity" in r else "-"
+            text = f"{r['eval_text']} ({r['scored_tokens']})" if "eval_text" in r else "-"
+            print(f"| {r['method']} | {fmt_params(r['params'])} | {cell('compress_seconds')} | "
+                  f"{cell('unit_seconds')} | {cell('ratio')} | {cell('rss_before_mib')} / {cell('compress_peak_rss_mib')} | {cell('peak_rss_mib')} | {ppl} | {text} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
