@@ -69,35 +69,32 @@ class AWQ(Method):
                 raise FieldError(name, f"awq {name} must be {rule}, got {getattr(self, name)!r}")
 
     # -- statistics ----------------------------------------------------------------------------
-    def _collect(self, block, hidden, calls, linears):
-        """Inputs of every linear (per batch) and how layers group by shared input."""
+    def _collect(self, block, hidden, calls, linears, n_batches: int):
+        """One pass over the block: every linear's inputs (all batches), how layers group by shared
+        input, and the call arguments of every module that can be a group's parent (first batches)."""
         inputs = {name: [] for name in linears}
+        candidates = {".".join(n.split(".")[:k]) for n in linears for k in range(1, n.count(".") + 2)}
+        parent_calls = {name: [] for name in candidates}
+        batch = {"index": 0}
         hooks = [layer.register_forward_hook(lambda m, i, o, n=name: inputs[n].append(i[0]))
                  for name, layer in linears.items()]
+        hooks += [block.get_submodule(name).register_forward_pre_hook(
+            lambda m, args, kwargs, n=name: parent_calls[n].append((args, kwargs))
+            if batch["index"] < n_batches else None, with_kwargs=True) for name in candidates]
         try:
             with torch.no_grad():
-                for h, (args, kwargs) in zip(hidden, calls):
+                for index, (h, (args, kwargs)) in enumerate(zip(hidden, calls)):
+                    batch["index"] = index
                     block(h, *args, **kwargs)
         finally:
             for hook in hooks:
                 hook.remove()
         groups: dict[tuple, list[str]] = {}
         for name in linears:                    # registration order follows the block's modules
-            first = inputs[name][0]
+            first = inputs[name][0]             # all inputs are held, so addresses are not reused
             groups.setdefault((first.data_ptr(), tuple(first.shape)), []).append(name)
-        return inputs, list(groups.values())
-
-    def _parent_calls(self, block, hidden, calls, parent: nn.Module, n_batches: int):
-        records = []
-        hook = parent.register_forward_pre_hook(
-            lambda m, args, kwargs: records.append((args, kwargs)), with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for h, (args, kwargs) in list(zip(hidden, calls))[:n_batches]:
-                    block(h, *args, **kwargs)
-        finally:
-            hook.remove()
-        return records
+        parent_calls[""] = [(( h,) + tuple(args), kwargs) for h, (args, kwargs) in list(zip(hidden, calls))[:n_batches]]
+        return inputs, list(groups.values()), parent_calls
 
     # -- the search --------------------------------------------------------------------------
     @staticmethod
@@ -162,15 +159,15 @@ class AWQ(Method):
     def compress_block(self, block, hidden, calls) -> dict:
         from ..driver import block_linears
         linears = block_linears(block)
-        inputs, groups = self._collect(block, hidden, calls, linears)
         per_batch = hidden[0].shape[0]
         n_batches = max(1, -(-self.search_samples // per_batch))
+        inputs, groups, parent_calls = self._collect(block, hidden, calls, linears, n_batches)
         info = {}
         for names in groups:
             x = torch.cat([i.reshape(-1, i.shape[-1]) for i in inputs[names[0]]]).float()
             x_mean = x.abs().mean(0)
-            _, parent = _common_parent(block, names)
-            records = self._parent_calls(block, hidden, calls, parent, n_batches)
+            parent_name, parent = _common_parent(block, names)
+            records = parent_calls[parent_name]
             layers = [linears[n] for n in names]
             s, ratio = self.search_scale(parent, records, layers, x_mean)
             step = max(1, x.shape[0] // self.clip_tokens)
