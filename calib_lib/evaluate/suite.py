@@ -28,7 +28,7 @@ class Suite:
     task_limit: int | None = 200         # documents per task, a seeded subset (None: all)
     optional_tasks: bool = False         # skip (and record) tasks whose data is not available here
     seed: int = 1234
-    batch_size: int = 16
+    batch_size: int | None = None        # lm-eval batch; None: chosen from the vocabulary size
 
     def to_dict(self) -> dict:
         return asdict(self)

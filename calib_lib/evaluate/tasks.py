@@ -181,8 +181,15 @@ class TaskResult:
     docs: int
 
 
+def task_batch_size(model, longest: int = 512) -> int:
+    """Requests per lm-eval batch, bounding the fp32 logits (batch x length x vocab) to ~2 GiB:
+    Gemma's 262k-token vocabulary would need ~9 GiB of logits at 16 x 512."""
+    vocab = getattr(model.config, "vocab_size", 32000)
+    return max(1, min(16, (1 << 29) // (vocab * longest)))
+
+
 def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed: int = 1234,
-              batch_size: int = 16) -> tuple[list[TaskResult], dict[str, float]]:
+              batch_size: int | None = None) -> tuple[list[TaskResult], dict[str, float]]:
     """Evaluate the in-memory ``model`` on ``tasks``; returns (results, seconds per task)."""
     import time
 
@@ -200,7 +207,7 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed
             raise TaskUnavailableError(f"task {task!r} is unavailable: {how}")
         configs.append(offline_config(task, limit, seed) if how == "mirror" else BUILTIN_NAME[task])
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=str(next(model.parameters()).device),
-              batch_size=batch_size)
+              batch_size=batch_size or task_batch_size(model))
     manager = TaskManager(include_defaults=any(isinstance(c, str) for c in configs))
     results, seconds = [], {}
     for task, config in zip(tasks, configs):
