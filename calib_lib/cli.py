@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"calib: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("calib: interrupted. Every finished run is in the store; run the same command again to "
+              "finish only the missing ones.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
