@@ -224,14 +224,17 @@ def test_ray_cluster_runs_a_grid_with_identical_numbers(tmp_path):
     local = Store(tmp_path / "local.sqlite")
     run_specs(specs, local, progress=False)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)                         # the head and one worker process
+    import torch
+    cpus = torch.get_num_threads()                       # tasks reserve the driver's thread count
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus, "include_dashboard": False})
+    cluster.add_node(num_cpus=cpus)                      # the head and one worker process
     try:
         remote = Store(tmp_path / "ray.sqlite")
         summary = run_specs(specs, remote, backend="ray", address=cluster.address, progress=False)
         assert summary == {"total": 3, "cached": 0, "done": 3, "failed": 0}
         for s in specs:
             assert numbers(remote.get(s.key)) == numbers(local.get(s.key))
+            assert remote.get(s.key)["environment"]["torch_threads"] == cpus
     finally:
         ray.shutdown()
         cluster.shutdown()
