@@ -177,8 +177,11 @@ def test_killing_a_sweep_at_random_points_loses_and_duplicates_nothing(tmp_path)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     history = [0]
     for attempt in range(4):              # interrupt at random points: SIGKILL, and once Ctrl-C
+        # A background job of a non-interactive shell (CI) inherits SIGINT as ignored; give the sweep
+        # the default disposition, as a terminal would, so Ctrl-C really interrupts it.
         proc = subprocess.Popen(_sweep_cmd(grid_path, store_path), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         # A random point measured in progress, not wall time (tiny runs take ~0.1 s, machines differ):
         # as soon as one more run has finished, plus a random few milliseconds into the next.
         deadline = time.time() + 300
