@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,15 +98,3 @@ def fetch_dist(dist: PinnedDist) -> Path:
             )
         os.replace(got, target)
     return target
-
-
-def copy_verified(src: Path, dst: Path, sha256: str) -> Path:
-    """Copy ``src`` to ``dst`` atomically and check the result against ``sha256``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    if sha256_file(tmp) != sha256:
-        tmp.unlink()
-        raise IntegrityError(f"{src} does not match the recorded sha256 {sha256}")
-    os.replace(tmp, dst)
-    return dst

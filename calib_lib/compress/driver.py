@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..evaluate.perplexity import context_length
 from .methods import METHODS, Method
 
 
@@ -155,7 +156,7 @@ def compress(model, method: str | Method, calibration: torch.Tensor | None = Non
         return _report(method, layers_info, started, calibration)
     if calibration is None or calibration.dim() != 2:
         raise ValueError(f"{method.name} needs calibration data: a LongTensor [num_samples, seq_len]")
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_length(model)
     if limit is not None and calibration.shape[1] > limit:
         raise ValueError(f"calibration seq_len {calibration.shape[1]} exceeds the model context of {limit}")
     was_training = model.training

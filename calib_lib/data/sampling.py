@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import FieldError
+from ..evaluate.perplexity import context_length
 from .corpora import local_file_documents, split_groups
 from .sources import SOURCES, get_source
 from .tokenized import TokenizedDocs, tokenize_documents, tokenizer_digest
@@ -204,10 +205,6 @@ def _hub_documents(dataset_id: str, text_field: str) -> list[str]:
     return [t for t in data[text_field] if t and t.strip()]
 
 
-def _model_context(model) -> int | None:
-    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
-
-
 def random_vocab_ids(tokenizer) -> np.ndarray:
     """Every id of the tokenizer's vocabulary except special and added control tokens."""
     special = set(tokenizer.all_special_ids)
@@ -218,7 +215,7 @@ def random_vocab_ids(tokenizer) -> np.ndarray:
 def sample(spec: CalibrationSpec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
     """Build the calibration set that ``spec`` names, for ``tokenizer`` (and ``model`` for 'self')."""
     started = time.time()
-    context = _model_context(model)
+    context = context_length(model) if model is not None else None
     if context is not None and spec.seq_len > context:
         raise ValueError(f"seq_len {spec.seq_len} is longer than the model's context of {context} tokens")
     digest = tokenizer_digest(tokenizer)
