@@ -119,6 +119,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    import time
+
+    from .notebooks import execute
+    started = time.time()
+    rows = execute(args.profile, only=args.only, results_dir=args.results_dir, figures_dir=args.figures_dir,
+                   model=args.model, backend=args.backend, html=not args.no_html)
+    for row in rows:
+        print(f"{row['notebook']:<22} {row['seconds']:>8.1f} s  {row['executed']}")
+    print(f"{len(rows)} notebook(s) in {time.time() - started:.1f} s")
+    return 0
+
+
 def cmd_data_sources(args) -> int:
     from .data import source_table
     rows = source_table()
@@ -219,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="results/calib.sqlite")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = verbs.add_parser("study", help="execute the study notebooks with papermill (+ HTML and figures)")
+    p.add_argument("--profile", default="quick", help="tiny | quick | standard | paper")
+    p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="e.g. 03_source_domain (default: all)")
+    p.add_argument("--model", help="override the profile's model")
+    p.add_argument("--backend", choices=["local", "ray"], help="override the profile's sweep backend")
+    p.add_argument("--results-dir", help="executed notebooks, HTML, runs.sqlite (default results/<profile>)")
+    p.add_argument("--figures-dir", help="default figures/")
+    p.add_argument("--no-html", action="store_true")
+    p.set_defaults(func=cmd_study)
 
     p = verbs.add_parser("generate", help="greedy continuation of a prompt")
     p.add_argument("--model", default="smollm2-135m")

@@ -1,0 +1,103 @@
+"""Execute the study notebooks with papermill and export each to HTML.
+
+    calib study --profile quick            # what `make run` does
+
+Notebooks 01-05 run first (each extends the shared results store), then 00_overview, which indexes
+their figures and findings. Executed notebooks and their HTML land in ``results/<profile>/``, figures in
+``figures/``. A failing notebook raises an error naming the notebook and its failing cell; the
+executed copy up to that cell is kept next to the others for reading, and every finished run stays in
+the store, so a rerun continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+STUDIES = ("01_sample_count", "02_sequence_length", "03_source_domain", "04_seed_variance",
+           "05_self_calibration")
+ORDER = STUDIES + ("00_overview",)
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def notebook_names(only: list[str] | None = None) -> list[str]:
+    available = sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    order = [n for n in ORDER if n in available] + [n for n in available if n not in ORDER]
+    if not only:
+        return [n for n in order if n in ORDER]
+    unknown = [n for n in only if n not in available]
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; available: {', '.join(available)}")
+    return [n for n in order if n in only]
+
+
+def _html(executed: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    target = executed.with_suffix(".html")
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _failed_cell(executed: Path) -> str:
+    """Index and first line of the cell papermill marked as failing."""
+    import nbformat
+    try:
+        nb = nbformat.read(executed, as_version=4)
+    except Exception:                                          # noqa: BLE001 - best effort for the message
+        return "unknown cell"
+    code_index = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        code_index += 1
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
+            return f"code cell {code_index} of the executed notebook ({first[:80]!r})"
+    return "unknown cell"
+
+
+def execute(profile: str, *, only: list[str] | None = None, results_dir: str | Path | None = None,
+            figures_dir: str | Path | None = None, model: str | None = None, backend: str | None = None,
+            kernel: str = "python3", html: bool = True, log=print) -> list[dict]:
+    """Run the notebooks on a profile; return one summary row per notebook (name, seconds, outputs)."""
+    import papermill as pm
+
+    from .study import get_profile
+    get_profile(profile)                                        # fail before any kernel starts
+    results_dir = Path(results_dir or REPO / "results" / profile).resolve()
+    figures_dir = Path(figures_dir or REPO / "figures").resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    # Kernels run in notebooks/: paths given relative to where the command started must stay valid there.
+    for var in ("CALIB_MIRROR", "CALIB_CACHE"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    summary = []
+    for name in notebook_names(only):
+        source = NOTEBOOK_DIR / f"{name}.ipynb"
+        executed = results_dir / f"{name}.ipynb"
+        started = time.time()
+        log(f"[{name}] executing on profile {profile!r} ...")
+        try:
+            pm.execute_notebook(
+                str(source), str(executed), kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
+                parameters={"profile": profile, "model": model, "backend": backend,
+                            "results_dir": str(results_dir), "figures_dir": str(figures_dir)})
+        except pm.PapermillExecutionError as err:
+            raise NotebookFailed(f"notebook {name} failed in {_failed_cell(executed)}: {err.ename}: "
+                                 f"{str(err.evalue).rstrip('.')}. The executed copy is {executed}; finished runs are kept "
+                                 f"in {results_dir / 'runs.sqlite'}, so a rerun continues.") from err
+        row = {"notebook": name, "seconds": round(time.time() - started, 1), "executed": str(executed)}
+        if html:
+            row["html"] = str(_html(executed))
+        log(f"[{name}] done in {row['seconds']} s")
+        summary.append(row)
+    return summary

@@ -1,0 +1,175 @@
+"""Study profiles and grids (shared runs), the wide results table, and the notebooks on the tiny profile."""
+import json
+import math
+import shutil
+
+import nbformat
+import numpy as np
+import pytest
+
+from calib_lib import notebooks, study
+from calib_lib.runs.store import Store
+
+TINY = study.get_profile("tiny")
+
+
+def _keys(grid):
+    return {spec.key for spec in grid.specs}
+
+
+def test_grids_share_the_base_runs_between_notebooks():
+    """The source-domain run of the base source at set 0 is the sample-count run at the base size, the
+    sequence-length run at the base length, the seed-variance run at set 0 and the self-calibration real run."""
+    base = {study._spec(TINY, m).key for m in TINY.methods}
+    for make in (study.sample_count_grid, study.sequence_length_grid, study.source_domain_grid,
+                 study.seed_variance_grid, study.self_calibration_grid):
+        assert base <= _keys(make(TINY)), make.__name__
+    all_keys = set().union(*(_keys(make(TINY)) for make in study.GRIDS.values()))
+    points = sum(len(make(TINY).points) for make in study.GRIDS.values())
+    assert len(all_keys) < points                                 # shared, not repeated
+
+
+def test_sequence_length_grid_regimes():
+    grid = study.sequence_length_grid(TINY)
+    for labels, spec in grid.points:
+        cal = spec.calibration
+        if labels["regime"].startswith("fixed budget"):
+            assert cal.num_samples * cal.seq_len == TINY.token_budget
+        else:
+            assert cal.num_samples == TINY.num_samples
+    assert {s.calibration.seq_len for s in grid.specs} == set(TINY.seq_lens)
+
+
+def test_every_grid_point_uses_the_profile_suite_and_model():
+    for make in study.GRIDS.values():
+        for spec in make(TINY).specs:
+            assert spec.model == TINY.model and spec.suite.name == TINY.suite["name"]
+
+
+def test_profile_errors_name_the_fix():
+    with pytest.raises(ValueError, match="known: tiny, quick"):
+        study.get_profile("huge")
+    with pytest.raises(ValueError, match="unknown profile field"):
+        study.get_profile("tiny", samples=3)
+    assert study.get_profile("quick", model="gemma3-270m").model == "gemma3-270m"
+    assert study.get_profile("quick", model=None).model == "smollm2-135m"
+
+
+def test_unavailable_source_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.delenv("CALIB_MIRROR", raising=False)
+    with pytest.raises(RuntimeError, match="c4.*CALIB_MIRROR"):
+        study.resolve_sources(("c4",))
+
+
+def test_method_labels():
+    assert study.method_label({"name": "wanda", "sparsity": 0.5}) == "wanda 50%"
+    assert study.method_label({"name": "sparsegpt", "sparsity": 0.5, "n": 2, "m": 4}) == "sparsegpt 2:4"
+    assert study.method_label({"name": "gptq", "bits": 3.0, "group_size": 128.0}) == "gptq 3-bit g128"
+    assert study.method_family("awq") == "quantization" and study.method_family("wanda") == "pruning"
+
+
+def _record(metrics):
+    return {"metrics": metrics, "timings": {"total": 1.0}}
+
+
+def test_wide_table_pivots_metrics_and_takes_the_geometric_mean(tmp_path):
+    store = Store(tmp_path / "runs.sqlite")
+    spec = study._spec(TINY, TINY.methods[0])
+    store.put(spec.key, "done", spec.label(), spec.normalized(), _record([
+        {"kind": "perplexity", "name": "wikipedia", "metric": "perplexity", "value": 10.0},
+        {"kind": "perplexity", "name": "news", "metric": "perplexity", "value": 40.0},
+        {"kind": "task", "name": "arc_easy", "metric": "acc", "value": 0.5},
+        {"kind": "task", "name": "arc_easy", "metric": "acc_norm", "value": 0.4},
+        {"kind": "task", "name": "copa", "metric": "skipped", "value": float("nan")},
+        {"kind": "task", "name": "mean", "metric": "acc", "value": 0.5}]))
+    table = study.wide(store)
+    row = table.iloc[0]
+    assert row["ppl:geomean"] == pytest.approx(20.0)
+    assert row["acc:arc_easy"] == 0.5 and row["acc_norm:arc_easy"] == 0.4 and row["acc:mean"] == 0.5
+    assert "acc:copa" not in table.columns
+    assert row["method_label"] == "wanda 50%" and row["family"] == "pruning"
+    assert study.task_columns(table) == ["acc:arc_easy"]
+    grid = study.source_domain_grid(study.get_profile("tiny", sources=("wikipedia",)))
+    merged = grid.results(store)
+    assert len(merged) == 1 and merged.iloc[0]["key"] == spec.key
+
+
+def test_findings_are_written_atomically_and_merged(tmp_path):
+    study.save_finding(tmp_path, "01_sample_count", "a", {"x": 1.0})
+    study.save_finding(tmp_path, "02_sequence_length", "b")
+    findings = study.load_findings(tmp_path)
+    assert findings["01_sample_count"]["text"] == "a" and findings["02_sequence_length"]["text"] == "b"
+    assert not list(tmp_path.glob("*.tmp"))
+    assert study.fmt(float("nan")) == "n/a" and study.fmt(1.234, 1) == "1.2"
+
+
+def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
+    names = notebooks.notebook_names()
+    assert names[-1] == "00_overview" and len(names) == 6
+    for name in names:
+        nb = nbformat.read(notebooks.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name} is committed executed"
+    with pytest.raises(ValueError, match="unknown notebook"):
+        notebooks.notebook_names(["07_nothing"])
+
+
+EXPECTED_FIGURES = ["01_sample_count-trend", "02_sequence_length-trend", "03_source_domain-by-source",
+                    "03_source_domain-domain-matrix", "04_seed_variance-sets", "04_seed_variance-swing",
+                    "05_self_calibration-by-data"]
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    rows = notebooks.execute("tiny", results_dir=out / "results", figures_dir=out / "figures", log=lambda *a: None)
+    return out, rows
+
+
+def test_every_notebook_runs_on_the_tiny_profile_and_writes_its_figures(tiny_study):
+    out, rows = tiny_study
+    assert [r["notebook"] for r in rows] == list(notebooks.ORDER)
+    for name in EXPECTED_FIGURES:
+        for ext in ("png", "svg"):
+            path = out / "figures" / f"{name}.{ext}"
+            assert path.is_file() and path.stat().st_size > 1000, path
+    for row in rows:
+        assert (out / "results" / f"{row['notebook']}.html").is_file()
+    findings = study.load_findings(out / "results")
+    assert set(findings) == set(notebooks.STUDIES)
+    for text in (f["text"] for f in findings.values()):
+        assert text and "nan" not in text.lower().replace("n/a", "")
+    overview = nbformat.read(out / "results" / "00_overview.ipynb", as_version=4)
+    rendered = json.dumps([c.get("outputs") for c in overview.cells if c.cell_type == "code"])
+    assert "01_sample_count-trend.png" in rendered and findings["04_seed_variance"]["text"][:40] in rendered
+
+
+def test_rerun_with_a_full_store_executes_no_run_and_gives_identical_numbers(tiny_study):
+    out, _ = tiny_study
+    store = Store(out / "results" / "runs.sqlite")
+    before = store.count()
+    table_before = study.wide(store).sort_values("key").reset_index(drop=True)
+    findings_before = study.load_findings(out / "results")
+    notebooks.execute("tiny", only=["04_seed_variance"], results_dir=out / "results",
+                      figures_dir=out / "figures", log=lambda *a: None)
+    assert store.count() == before
+    assert study.load_findings(out / "results")["04_seed_variance"] == findings_before["04_seed_variance"]
+    table_after = study.wide(store).sort_values("key").reset_index(drop=True)
+    assert table_after.equals(table_before)
+
+
+def test_a_failing_notebook_names_its_cell(tmp_path, monkeypatch):
+    broken = tmp_path / "notebooks"
+    broken.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("profile = 'tiny'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nbformat.write(nb, broken / "01_sample_count.ipynb")
+    monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", broken)
+    with pytest.raises(notebooks.NotebookFailed, match=r"01_sample_count failed in code cell \d+ of the executed notebook \(.raise ValueError"):
+        notebooks.execute("tiny", results_dir=tmp_path / "r", figures_dir=tmp_path / "f", html=False,
+                          log=lambda *a: None)
