@@ -18,12 +18,22 @@ from .spec import RunSpec, code_version
 _MODELS: dict[tuple[str, str], tuple] = {}
 
 
+def run_device() -> str:
+    """Where runs execute: ``CALIB_DEVICE`` (cpu, cuda, cuda:N), else the GPU when there is one."""
+    wanted = os.environ.get("CALIB_DEVICE", "auto")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"CALIB_DEVICE={wanted} but torch sees no GPU here; unset it or use cpu")
+    return wanted
+
+
 def pristine_model(name: str, dtype: str):
     """The model with its original weights (restored in place if an earlier run compressed it)."""
     from ..models import load_model
-    key = (name, dtype)
+    key = (name, dtype, run_device())
     if key not in _MODELS:
-        model, tokenizer = load_model(name, dtype=dtype, log=lambda *a: None)
+        model, tokenizer = load_model(name, dtype=dtype, device=key[2], log=lambda *a: None)
         _MODELS[key] = (model, tokenizer, {k: v.clone() for k, v in model.state_dict().items()})
     model, tokenizer, weights = _MODELS[key]
     model.load_state_dict(weights)

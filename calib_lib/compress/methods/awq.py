@@ -137,7 +137,7 @@ class AWQ(Method):
             if clip:
                 org = xg @ w.T
                 max_abs = w.abs().amax(dim=1, keepdim=True)
-                best_err = torch.full((w.shape[0],), float("inf"))
+                best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
                 best_max = max_abs.clone()
                 for step in range(int(self.max_shrink * self.n_grid)):
                     limit = max_abs * (1 - step / self.n_grid)

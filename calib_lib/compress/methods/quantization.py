@@ -47,12 +47,12 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
     rows, cols = W.shape
     gs = cols if group_size == -1 else group_size
     n_groups = -(-cols // gs)
-    scales = torch.zeros(rows, n_groups, dtype=W.dtype)
-    zeros = torch.zeros(rows, n_groups, dtype=W.dtype)
+    scales = torch.zeros(rows, n_groups, dtype=W.dtype, device=W.device)
+    zeros = torch.zeros(rows, n_groups, dtype=W.dtype, device=W.device)
     if static_groups or group_size == -1:
         for g in range(n_groups):
             scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(W[:, g * gs:(g + 1) * gs], bits, sym)
-    perm = torch.arange(cols)
+    perm = torch.arange(cols, device=W.device)
     if act_order:
         perm = torch.argsort(torch.diag(H), descending=True, stable=True)
         W, H = W[:, perm], H[perm][:, perm]
@@ -61,7 +61,8 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
     Q = torch.zeros_like(W)
     # Group of each (permuted) column: original position's group for static grids; in processing
     # order for dynamic ones (as the reference, groups are formed over the order columns are quantized).
-    g_of_col = perm // gs if (static_groups or group_size == -1) else torch.arange(cols) // gs
+    g_of_col = perm // gs if (static_groups or group_size == -1) else torch.arange(cols, device=W.device) // gs
+    groups = g_of_col.tolist()            # a Python list: no device sync per column on a GPU
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -69,7 +70,7 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            g = int(g_of_col[col])
+            g = groups[col]
             if not (static_groups or group_size == -1) and col % gs == 0:
                 upcoming = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
                 scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(upcoming, bits, sym)
