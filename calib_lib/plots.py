@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullFormatter
 import seaborn as sns
 
 ERRORBAR = ("ci", 95)
@@ -38,10 +39,36 @@ def save(fig, figures_dir: str | Path, notebook: str, name: str) -> list[Path]:
 
 
 def _finish(fig, title: str, subtitle: str):
-    fig.suptitle(title, fontsize=13, fontweight="bold", y=1.02)
-    if subtitle:
-        fig.text(0.5, 0.985, subtitle, ha="center", va="top", fontsize=9, color="0.35", wrap=True)
+    # Title and subtitle sit above the axes (savefig's tight bbox keeps them); neither overlaps a panel.
+    fig.text(0.5, 1.0, subtitle, ha="center", va="bottom", fontsize=9, color="0.35")
+    fig.text(0.5, 1.045, title, ha="center", va="bottom", fontsize=13, fontweight="bold")
     return fig
+
+
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
+
+
+def _log_axis(ax, axis: str, values=None) -> None:
+    """Log scale with plain numbers (30, 100, 300) instead of 3 x 10^1; ticks at the data's values on x."""
+    if axis == "x":
+        ax.set_xscale("log", base=2)
+        if values is not None:
+            ax.set_xticks(sorted(set(values)))
+        ax.xaxis.set_major_formatter(PLAIN)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(PLAIN)
+        ax.yaxis.set_minor_formatter(PLAIN)
+
+
+def _legend(ax) -> None:
+    if ax.get_legend():
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+        for text in ax.get_legend().texts:           # section headers when hue and style both show
+            if text.get_text() in ("method_label", "regime", "family"):
+                text.set_text({"method_label": "method"}.get(text.get_text(), text.get_text()))
+                text.set_fontweight("bold")
 
 
 def _reference(ax, reference: dict | None, y: str) -> None:
@@ -72,13 +99,12 @@ def trend(table: pd.DataFrame, x: str, ys: list[str], *, hue: str = "method_labe
                      seed=SEED, ax=ax, legend=ax is axes[0][-1])
         _reference(ax, reference, y)
         if logx:
-            ax.set_xscale("log", base=2)
+            _log_axis(ax, "x", table[x].dropna())
         if y in logy:
-            ax.set_yscale("log")
+            _log_axis(ax, "y")
         ax.set_xlabel(_label(x))
         ax.set_ylabel(_label(y))
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    _legend(axes[0][-1])
     fig.tight_layout()
     return _finish(fig, title, subtitle)
 
@@ -95,12 +121,11 @@ def points(table: pd.DataFrame, x: str, ys: list[str], *, hue: str = "method_lab
                       linestyle="none", markers="D", capsize=0.08, ax=ax, legend=ax is axes[0][-1])
         _reference(ax, reference, y)
         if y in logy:
-            ax.set_yscale("log")
+            _log_axis(ax, "y")
         ax.set_xlabel(_label(x))
         ax.set_ylabel(_label(y))
         ax.tick_params(axis="x", rotation=30)
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    _legend(axes[0][-1])
     fig.tight_layout()
     return _finish(fig, title, subtitle)
 
@@ -132,7 +157,6 @@ def spread(table: pd.DataFrame, x: str, y: str, *, hue: str | None = None, title
     ax.set_xlabel(_label(x))
     ax.set_ylabel(ylabel or _label(y))
     ax.tick_params(axis="x", rotation=30)
-    if ax.get_legend():
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    _legend(ax)
     fig.tight_layout()
     return _finish(fig, title, subtitle)

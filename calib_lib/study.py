@@ -52,6 +52,7 @@ class Profile:
     suite: dict                          # evaluation suite shared by all runs (see evaluate.Suite)
     seed: int = 0
     backend: str = "local"               # sweep backend: local or ray
+    findings_models: tuple = ("smollm2-135m", "gemma3-270m")   # 06_findings: the models each claim is tested on
     extra: dict = field(default_factory=dict)
 
 
@@ -75,14 +76,15 @@ PROFILES = {
         base_source="wikipedia", sources=("wikipedia", "news"), num_samples=4, seq_len=32,
         sample_counts=(1, 2, 4, 8), seq_lens=(16, 32, 64), token_budget=128,
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
-        suite=_suite("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8)),
+        suite=_suite("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
+        findings_models=("tiny-llama",)),
     "quick": Profile(
         "quick", "SmolLM2-135M on CPU in about half an hour: small calibration sets, a reduced evaluation",
         model="smollm2-135m", methods=(WANDA, GPTQ3),
         base_source="wikipedia", sources=PYPI_SOURCES, num_samples=16, seq_len=128,
         sample_counts=(1, 4, 16, 64), seq_lens=(32, 128, 512), token_budget=2048,
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
-        suite=_suite("study-quick", PYPI_SOURCES, 4, 256, ("arc_easy", "piqa", "winogrande", "copa"), 40)),
+        suite=_suite("study-quick", PYPI_SOURCES, 3, 256, ("arc_easy", "piqa", "winogrande", "copa"), 20)),
     "standard": Profile(
         "standard", "SmolLM2-135M on CPU for hours: the papers' methods at 32 x 512, five sets, every source",
         model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3),
@@ -251,10 +253,24 @@ GRIDS = {"dense": dense_grid, "sample_count": sample_count_grid, "sequence_lengt
          "self_calibration": self_calibration_grid}
 
 
-def run(grid: Grid, store: Store, backend: str | None = None, progress: bool = True) -> dict:
-    """Execute the grid's missing runs (the store keeps every finished one) and say what happened."""
+def run(grid: Grid, store: Store, backend: str | None = None, progress: bool = True,
+        log_dir: str | Path | None = None) -> dict:
+    """Execute the grid's missing runs (the store keeps every finished one) and say what happened.
+
+    Progress bars and library chatter go to ``<log_dir>/<grid>.log`` (default: a ``logs`` folder next to
+    the store), so an executed notebook shows one summary line instead of pages of bars."""
+    import contextlib
+    import time
+
     from .runs.sweep import run_specs
-    summary = run_specs(grid.specs, store, backend=backend or "local", progress=progress)
+    log_dir = Path(log_dir or store.path.parent / "logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{grid.name}.log"
+    started = time.time()
+    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        summary = run_specs(grid.specs, store, backend=backend or "local", progress=progress)
+    print(f"grid {grid.name}: {summary['total']} runs, {summary['cached']} already in the store, "
+          f"{summary['done']} done now, {summary['failed']} failed ({time.time() - started:.1f} s); log: {log_path}")
     failed = [r for r in store.records("failed") if r["key"] in {s.key for s in grid.specs}]
     if failed:
         first = failed[0]

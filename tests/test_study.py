@@ -106,8 +106,9 @@ def test_findings_are_written_atomically_and_merged(tmp_path):
 def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
     names = notebooks.notebook_names()
     assert names[-1] == "00_overview" and len(names) == 6
-    for name in names:
-        nb = nbformat.read(notebooks.NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    for path in sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb")):
+        name = path.stem
+        nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
         assert nb.metadata["kernelspec"]["name"] == "python3"
@@ -173,3 +174,18 @@ def test_a_failing_notebook_names_its_cell(tmp_path, monkeypatch):
     with pytest.raises(notebooks.NotebookFailed, match=r"01_sample_count failed in code cell \d+ of the executed notebook \(.raise ValueError"):
         notebooks.execute("tiny", results_dir=tmp_path / "r", figures_dir=tmp_path / "f", html=False,
                           log=lambda *a: None)
+
+
+def test_findings_notebook_on_the_tiny_profile_reuses_runs_and_writes_six_verdicts(tiny_study):
+    out, _ = tiny_study
+    store = Store(out / "results" / "runs.sqlite")
+    before = store.count()
+    notebooks.execute("tiny", only=["06_findings"], results_dir=out / "results", figures_dir=out / "figures",
+                      log=lambda *a: None)
+    assert store.count() == before                  # every run it needs was made by notebooks 01-05
+    import pandas as pd
+    verdicts = pd.read_csv(out / "results" / "findings_verdicts.csv")
+    assert list(verdicts["claim"]) == ["F1", "F2", "F3", "F4", "F5", "F6"]
+    assert set(verdicts["verdict"]) <= {"holds", "does not hold", "inconclusive"}
+    for claim in ("f1", "f2", "f3", "f4"):
+        assert (out / "figures" / f"06_findings-{claim}-tiny-llama.png").is_file()
