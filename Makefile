@@ -17,10 +17,11 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 	$(BIN)/calib model prepare $(MODEL)
 
-# The main job: load the embedded default model and evaluate it (the study notebooks join here).
+# The main job: every study notebook on the quick profile (executed notebooks + HTML in results/quick/,
+# figures in figures/). Finished runs are kept in results/quick/runs.sqlite, so a rerun takes minutes.
+PROFILE ?= quick
 run: setup
-	$(BIN)/calib model info $(MODEL)
-	$(BIN)/calib ppl --model $(MODEL) --text $$( [ -n "$$CALIB_MIRROR" ] && echo wikitext2 || echo wikipedia ) --windows 32 --seq-len 512
+	$(BIN)/calib study --profile $(PROFILE) --model $(MODEL)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
