@@ -189,3 +189,17 @@ def test_findings_notebook_on_the_tiny_profile_reuses_runs_and_writes_six_verdic
     assert set(verdicts["verdict"]) <= {"holds", "does not hold", "inconclusive"}
     for claim in ("f1", "f2", "f3", "f4"):
         assert (out / "figures" / f"06_findings-{claim}-tiny-llama.png").is_file()
+
+
+def test_notebooks_without_task_data_rest_on_perplexity_and_say_so(tmp_path, monkeypatch):
+    """A fresh machine has no offline mirror: tasks are skipped, and the notebooks that branch on
+    accuracy still run, draw their figures from perplexity and say why accuracy is missing."""
+    monkeypatch.delenv("CALIB_MIRROR", raising=False)
+    notebooks.execute("tiny", only=["04_seed_variance", "01_sample_count"], results_dir=tmp_path / "r",
+                      figures_dir=tmp_path / "f", html=False, log=lambda *a: None)
+    findings = study.load_findings(tmp_path / "r")
+    assert "task accuracy is unavailable" in findings["04_seed_variance"]["text"]
+    assert "task accuracy is unavailable" in findings["01_sample_count"]["text"]
+    assert (tmp_path / "f" / "04_seed_variance-swing.png").is_file()
+    table = study.wide(Store(tmp_path / "r" / "runs.sqlite"))
+    assert not study.has_accuracy(table) and table["ppl:geomean"].notna().all()
