@@ -143,8 +143,9 @@ def f3_plateau(count_table: pd.DataFrame) -> dict:
         verdict = "does not hold"
     else:
         verdict = "inconclusive"
-    shares = "; ".join(f"{r.method_label}: {100 * r.last_step_share:.0f}% of the improvement came with the last "
-                       f"doubling ({r.x_before} -> {r.x_last} samples)" for _, r in plateau.iterrows())
+    shares = "; ".join(f"{r.method_label}: {100 * r.last_step_share:.0f}% of the log-perplexity improvement from "
+                       f"{r.x_first} to {r.x_last} samples came with the last step ({r.x_before} -> {r.x_last})"
+                       for _, r in plateau.iterrows())
     present = set(plateau["method_label"].str.split().str[0])
     note = "" if present & {"sparsegpt"} else " (the claim names SparseGPT; this profile prunes with " \
         f"{', '.join(sorted(present & {'wanda', 'magnitude'}))})"

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 import seaborn as sns
@@ -115,6 +116,7 @@ def points(table: pd.DataFrame, x: str, ys: list[str], *, hue: str = "method_lab
     logy = logy or []
     fig, axes = plt.subplots(1, len(ys), figsize=(4.8 * len(ys), 4.0), squeeze=False)
     for ax, y in zip(axes[0], ys):
+        np.random.seed(SEED)                          # seaborn's strip jitter draws from numpy's global RNG
         sns.stripplot(data=table, x=x, y=y, hue=hue, order=order, dodge=True, alpha=0.45, size=4,
                       ax=ax, legend=False)
         sns.pointplot(data=table, x=x, y=y, hue=hue, order=order, dodge=0.4, errorbar=ERRORBAR, seed=SEED,
@@ -152,6 +154,7 @@ def spread(table: pd.DataFrame, x: str, y: str, *, hue: str | None = None, title
     """Box plot of spreads with every observation as a dot (e.g. per-task range across sets)."""
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * table[x].nunique() + 3), 4.0))
     sns.boxplot(data=table, x=x, y=y, hue=hue, ax=ax, fliersize=0, boxprops={"alpha": 0.5})
+    np.random.seed(SEED)                              # reproducible strip jitter (numpy's global RNG)
     sns.stripplot(data=table, x=x, y=y, hue=hue, dodge=hue is not None, ax=ax, size=4, alpha=0.8,
                   legend=False)
     ax.set_xlabel(_label(x))

@@ -166,14 +166,15 @@ def spearman_trend(df: pd.DataFrame, x: str, y: str, by: list[str] | str | None 
 
 
 def mann_whitney(a, b) -> dict:
-    """Two-sided Mann-Whitney U; effect size: rank-biserial correlation r = 1 - 2U/(n_a n_b)."""
+    """Two-sided Mann-Whitney U; effect size: rank-biserial correlation r = 2U/(n_a n_b) - 1, with U the
+    count of pairs where a is larger (ties count half): r > 0 when a tends to be larger, +1 when every a is."""
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if len(a) == 0 or len(b) == 0:
         return _undefined("Mann-Whitney U", "an empty group", n=len(a) + len(b))
     result = stats.mannwhitneyu(a, b, alternative="two-sided")
-    r = 1 - 2 * result.statistic / (len(a) * len(b))
+    r = 2 * result.statistic / (len(a) * len(b)) - 1
     return {"test": "Mann-Whitney U", "statistic": float(result.statistic), "p_value": float(result.pvalue),
             "effect_size": float(r), "effect": "rank-biserial r", "n": len(a) + len(b), "note": ""}
 

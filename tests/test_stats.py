@@ -85,7 +85,8 @@ def test_wilcoxon_and_mann_whitney_effect_sizes():
     # ranks 1..4, positive ranks 1 + 3 = 4 of 10 -> r = (2*4 - 10) / 10
     assert mixed["effect_size"] == pytest.approx(-0.2)
     mw = stats.mann_whitney([1, 2, 3], [4, 5, 6])
-    assert mw["effect_size"] == pytest.approx(1.0)              # every a below every b: U = 0
+    assert mw["effect_size"] == pytest.approx(-1.0)             # every a below every b: U = 0
+    assert stats.mann_whitney([4, 5, 6], [1, 2, 3])["effect_size"] == pytest.approx(1.0)
 
 
 def test_plateau_share_of_the_last_step():
@@ -108,3 +109,19 @@ def test_verdict():
     assert stats.verdict(0.01, False) == "does not hold"
     assert stats.verdict(0.2, True) == "inconclusive"
     assert stats.verdict(float("nan"), True) == "inconclusive"
+
+
+def test_figures_are_byte_identical_when_redrawn(tmp_path):
+    """Reruns of a notebook must not churn committed figures: strip jitter and SVG ids are seeded."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib import plots
+    plots.style()
+    table = pd.DataFrame({"s": ["a", "b"] * 6, "v": np.arange(12.0), "method_label": ["m", "n", "n", "m"] * 3})
+    files = []
+    for attempt in range(2):
+        fig = plots.points(table, "s", ["v"], title="t", subtitle="s")
+        files.append([p.read_bytes() for p in plots.save(fig, tmp_path / str(attempt), "nb", "points")])
+        fig = plots.spread(table, "s", "v", hue="method_label", title="t", subtitle="s")
+        files[-1] += [p.read_bytes() for p in plots.save(fig, tmp_path / str(attempt), "nb", "spread")]
+    assert files[0] == files[1]
