@@ -124,7 +124,8 @@ def f3_plateau(count_table: pd.DataFrame) -> dict:
     plateau = stats.plateau(table, "calibration.num_samples", "log_ppl", "method_label")
     if plateau.empty:
         return _row("F3", None, "inconclusive", "needs at least three sample counts")
-    plateau["family"] = plateau["method_label"].str.split().str[0].map(study.method_family)
+    methods = table.drop_duplicates("method_label").set_index("method_label")
+    plateau["family"] = plateau["method_label"].map(methods["family"])
     pruning = plateau[plateau.family == "pruning"]
     quantization = plateau[plateau.family == "quantization"]
     if pruning.empty or quantization.empty:
@@ -146,7 +147,7 @@ def f3_plateau(count_table: pd.DataFrame) -> dict:
     shares = "; ".join(f"{r.method_label}: {100 * r.last_step_share:.0f}% of the log-perplexity improvement from "
                        f"{r.x_first} to {r.x_last} samples came with the last step ({r.x_before} -> {r.x_last})"
                        for _, r in plateau.iterrows())
-    present = set(plateau["method_label"].str.split().str[0])
+    present = set(methods["method"])
     note = "" if present & {"sparsegpt"} else " (the claim names SparseGPT; this profile prunes with " \
         f"{', '.join(sorted(present & {'wanda', 'magnitude'}))})"
     return _row("F3", test, verdict, shares + note, methods=", ".join(sorted(present)))

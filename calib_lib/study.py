@@ -192,10 +192,10 @@ class Grid:
 
 
 def _spec(profile: Profile, method: dict, **calibration) -> RunSpec:
-    data = {"model": profile.model, "method": dict(method), "eval": dict(profile.suite)}
-    if method["name"] not in ("dense", "magnitude", "rtn"):
-        data["calibration"] = {"source": profile.base_source, "num_samples": profile.num_samples,
-                               "seq_len": profile.seq_len, "seed": profile.seed, "set_index": 0, **calibration}
+    # parse_spec keeps the calibration only for methods that need one (not dense, magnitude, rtn)
+    data = {"model": profile.model, "method": dict(method), "eval": dict(profile.suite),
+            "calibration": {"source": profile.base_source, "num_samples": profile.num_samples,
+                            "seq_len": profile.seq_len, "seed": profile.seed, "set_index": 0, **calibration}}
     return parse_spec(data)
 
 
@@ -262,7 +262,7 @@ def run(grid: Grid, store: Store, backend: str | None = None, progress: bool = T
     import contextlib
     import time
 
-    from .runs.sweep import run_specs
+    from .runs.sweep import run_specs, status
     log_dir = Path(log_dir or store.path.parent / "logs")
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{grid.name}.log"
@@ -271,9 +271,9 @@ def run(grid: Grid, store: Store, backend: str | None = None, progress: bool = T
         summary = run_specs(grid.specs, store, backend=backend or "local", progress=progress)
     print(f"grid {grid.name}: {summary['total']} runs, {summary['cached']} already in the store, "
           f"{summary['done']} done now, {summary['failed']} failed ({time.time() - started:.1f} s); log: {log_path}")
-    failed = [r for r in store.records("failed") if r["key"] in {s.key for s in grid.specs}]
+    failed = status(grid.specs, store)["failed"]
     if failed:
-        first = failed[0]
+        first = store.get(failed[0].key)
         raise RuntimeError(f"{len(failed)} run(s) of grid {grid.name!r} failed; first: {str(first.get('error')).rstrip('.')}. "
                            f"Fix the cause and re-run: finished runs are kept in {store.path}.")
     return summary
