@@ -56,30 +56,100 @@ def test_wanda_rows_have_exact_sparsity(tiny_llama):
         assert (per_row == int(layer.weight.shape[1] * 0.25)).all()
 
 
-def test_driver_is_sequential_on_compressed_outputs():
-    """Independent reference: for each block, recompute its layers' inputs by running the whole
-    (partially compressed) model, then apply Wanda by hand. The driver must agree exactly."""
+def _wanda_by_hand(layer, sq):
+    score = layer.weight.abs().double() * sq.sqrt()
+    idx = torch.topk(score, layer.weight.shape[1] // 2, dim=1, largest=False).indices
+    layer.weight.data.scatter_(1, idx, 0.0)
+
+
+def _input_sq_norms(model, cal, layers: dict) -> dict:
+    """Run the whole model on the calibration tokens; per layer, the squared norm of each input column."""
+    sq = {}
+    hooks = [l.register_forward_hook(lambda m, i, o, n=n: sq.__setitem__(
+        n, sq.get(n, 0) + (i[0].double() ** 2).reshape(-1, i[0].shape[-1]).sum(0)))
+        for n, l in layers.items()]
+    with torch.no_grad():
+        model(cal, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return sq
+
+
+@pytest.mark.parametrize("sequential", ["block", "layer"])
+def test_driver_is_sequential_on_compressed_outputs(sequential):
+    """Independent reference: recompute each layer's inputs by running the whole (partially compressed)
+    model, then apply Wanda by hand. "block": all layers of a block from one run with the block dense.
+    "layer": one run per layer, in the block's execution order, with the layers before it already pruned
+    (the many-pass true-sequential loop of the reference GPTQ code). The driver must agree exactly."""
     model, tok = fresh("tiny-llama")
     ref_model, _ = fresh("tiny-llama")
     cal = tokens(tok, 4, 32, 0)
-    compress(model, "wanda", cal, batch_size=2, progress=False, sparsity=0.5)
+    compress(model, "wanda", cal, batch_size=2, progress=False, sparsity=0.5, sequential=sequential)
     for block in decoder_blocks(ref_model):
-        sq = {}
-        linears = block_linears(block)
-        hooks = [l.register_forward_hook(lambda m, i, o, n=n: sq.__setitem__(
-            n, sq.get(n, 0) + (i[0].double() ** 2).reshape(-1, i[0].shape[-1]).sum(0)))
-            for n, l in linears.items()]
-        with torch.no_grad():
-            ref_model(cal, use_cache=False)
-        for h in hooks:
-            h.remove()
-        for n, layer in linears.items():
-            score = layer.weight.abs().double() * sq[n].sqrt()
-            k = layer.weight.shape[1] // 2
-            idx = torch.topk(score, k, dim=1, largest=False).indices
-            layer.weight.data.scatter_(1, idx, 0.0)
+        linears = block_linears(block)      # named_modules order is the execution order in a Llama block
+        if sequential == "block":
+            sq = _input_sq_norms(ref_model, cal, linears)
+            for n, layer in linears.items():
+                _wanda_by_hand(layer, sq[n])
+        else:
+            for n, layer in linears.items():
+                _wanda_by_hand(layer, _input_sq_norms(ref_model, cal, {n: layer})[n])
     for (n, a), (_, b) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method, params", [("sparsegpt", dict(sparsity=0.5)), ("gptq", dict(bits=3, group_size=32))])
+def test_layer_and_block_order_differ_only_after_the_first_layers(family, method, params):
+    """Both orders see the same inputs for the first layer(s) of block 0 (nothing is compressed before
+    them) and then diverge: the layer order feeds later layers the compressed layers' outputs."""
+    weights = {}
+    for sequential in ("block", "layer"):
+        model, tok = fresh(family)
+        compress(model, method, tokens(tok, 6, 32, 0), batch_size=4, progress=False, sequential=sequential, **params)
+        weights[sequential] = {n: l.weight.data.clone() for n, l in block_linears(decoder_blocks(model)[0]).items()}
+    names = list(weights["block"])
+    assert torch.equal(weights["block"][names[0]], weights["layer"][names[0]])
+    assert any(not torch.equal(weights["block"][n], weights["layer"][n]) for n in names[1:])
+
+
+class _RoutingBlock(torch.nn.Module):
+    """A block that sends a batch through a different layer depending on its data (like an MoE)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.a(x) if x.sum() > 0 else self.b(x)
+
+
+def test_layer_order_refuses_blocks_whose_batches_take_different_layers():
+    import threading
+    from calib_lib.compress.driver import Lockstep
+    before = threading.active_count()
+    hidden = [torch.ones(1, 4, 8), -torch.ones(1, 4, 8)]
+    with pytest.raises(RuntimeError, match="batch 1 reached b where batch 0 reached a.*sequential='block'"):
+        Lockstep(_RoutingBlock(), hidden, [((), {})] * 2, make_method("wanda")).run()
+    assert threading.active_count() == before
+
+
+def test_a_failing_solve_stops_every_batch_and_is_raised(monkeypatch):
+    import threading
+    from calib_lib.compress.methods.quantization import GPTQCompressor
+    calls = []
+
+    def failing(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("solver failed on purpose")
+        return {}
+    monkeypatch.setattr(GPTQCompressor, "solve", failing)
+    model, tok = fresh("tiny-llama")
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="solver failed on purpose"):
+        compress(model, "gptq", tokens(tok, 6, 32, 0), batch_size=2, progress=False, bits=3)
+    assert len(calls) == 3 and threading.active_count() == before
 
 
 def test_same_configuration_twice_gives_identical_weights():
@@ -134,6 +204,7 @@ def test_gpt2_conv1d_is_refused_with_a_clear_error():
     ("gptq", dict(bits=1), "bits must be an integer in 2..8"),
     ("rtn", dict(group_size=0), "group_size must be a positive integer or -1"),
     ("awq", dict(max_shrink=1.0), "max_shrink"),
+    ("gptq", dict(sequential="per-layer"), "sequential must be one of layer, block"),
     ("gptq", dict(bogus=1), "unexpected keyword"),
     ("nope", dict(), "unknown compression method"),
 ])

@@ -63,6 +63,31 @@ class Method:
         return self.layer_compressor(layer, self)
 
 
+SEQUENTIAL = ("layer", "block")
+
+
+@dataclass
+class LayerwiseMethod(Method):
+    """A calibrated method that compresses each nn.Linear from its own inputs (Wanda, SparseGPT, GPTQ).
+
+    ``sequential`` says which inputs a layer's statistics come from:
+    - "layer" (default): the block's earlier layers are already compressed when a layer's inputs are
+      collected (GPTQ's ``--true-sequential``), so each layer also corrects the error of those before it.
+      The driver runs each block once: the calibration batches advance in lockstep and every layer is
+      compressed as soon as all of them have reached it.
+    - "block": every layer's statistics come from the dense block, as in the reference Wanda and
+      SparseGPT code; the block then runs a second time, compressed, to feed the next block.
+    """
+
+    sequential: str = "layer"
+
+    def __post_init__(self):
+        if self.sequential not in SEQUENTIAL:
+            raise FieldError("sequential", f"sequential must be one of {', '.join(SEQUENTIAL)}, "
+                                           f"got {self.sequential!r}")
+        super().__post_init__()
+
+
 def sparsity_params(sparsity: float, n: int, m: int) -> None:
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0 <= sparsity < 1:
         raise FieldError("sparsity", f"sparsity must be in [0, 1), got {sparsity!r}")
@@ -95,8 +120,15 @@ def lowest_k_mask(score: torch.Tensor, k: int, dim: int | None) -> torch.Tensor:
     if k == 0:
         return mask
     if dim is None:
-        idx = torch.topk(score.flatten(), k, largest=False).indices
-        mask.view(-1)[idx] = True
+        # The k-th smallest value as threshold (kthvalue: ~3.5x faster than topk for k = half of a
+        # 1536 x 128 SparseGPT block); weights tied at the threshold are taken in index order, so the
+        # count is exact and the choice among ties does not depend on the sorting algorithm.
+        threshold = torch.kthvalue(score.flatten(), k).values
+        mask = score < threshold
+        short = k - int(mask.sum())
+        if short:
+            ties = torch.nonzero((score == threshold).flatten()).flatten()[:short]
+            mask.view(-1)[ties] = True
     else:
         idx = torch.topk(score, k, dim=dim, largest=False).indices
         mask.scatter_(dim, idx, True)
