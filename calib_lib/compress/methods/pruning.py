@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import FieldError
-from .base import LayerCompressor, Method, lowest_k_mask, nm_mask, register, sparsity_params
+from .base import (LayerCompressor, LayerwiseMethod, Method, lowest_k_mask, nm_mask, register,
+                   sparsity_params)
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
 
@@ -66,7 +67,7 @@ class WandaCompressor(LayerCompressor):
 
 @register
 @dataclass
-class Wanda(Method):
+class Wanda(LayerwiseMethod):
     sparsity: float = 0.5
     n: int = 0
     m: int = 0
@@ -104,19 +105,20 @@ def sparsegpt_solve(W: torch.Tensor, H: torch.Tensor, sparsity: float, n: int = 
             mask1 = lowest_k_mask(score, int(score.numel() * sparsity), None)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        diag = torch.diag(U1).tolist()          # Python floats: no indexing op per column
         for i in range(i2 - i1):
             if mask is None and n and i % m == 0 and i + m <= i2 - i1:
                 score = W1[:, i:i + m] ** 2 / torch.diag(U1)[i:i + m].reshape(1, -1) ** 2
                 mask1[:, i:i + m] = nm_mask(score, n, m)
-            w = W1[:, i]
-            q = torch.where(mask1[:, i], torch.zeros_like(w), w)
-            err = (w - q) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-            W1[:, i] = q
-            Err1[:, i] = err
+            w, pruned = W1[:, i:i + 1], mask1[:, i:i + 1]
+            # The error w - q is w where the weight is pruned and 0 where it is kept.
+            err = Err1[:, i:i + 1]
+            torch.mul(w, pruned, out=err).div_(diag[i])
+            W1[:, i + 1:].addmm_(err, U1[i:i + 1, i + 1:], alpha=-1)
+            w.masked_fill_(pruned, 0)
         W[:, i1:i2] = W1
         full_mask[:, i1:i2] = mask1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
     info.update(dead_inputs=dead)
     return W, full_mask, info
 
@@ -132,7 +134,7 @@ class SparseGPTCompressor(HessianCollector):
 
 @register
 @dataclass
-class SparseGPT(Method):
+class SparseGPT(LayerwiseMethod):
     sparsity: float = 0.5
     n: int = 0
     m: int = 0

@@ -8,7 +8,7 @@ import torch
 
 from ..quant import Grid, grid_params, quantize, rtn
 from ...errors import FieldError
-from .base import LayerCompressor, Method, quant_params, register
+from .base import LayerCompressor, LayerwiseMethod, Method, quant_params, register
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
 
@@ -63,24 +63,32 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
     # order for dynamic ones (as the reference, groups are formed over the order columns are quantized).
     g_of_col = perm // gs if (static_groups or group_size == -1) else torch.arange(cols, device=W.device) // gs
     groups = g_of_col.tolist()            # a Python list: no device sync per column on a GPU
+    maxq = 2 ** bits - 1
+    # The column loop runs cols times per layer, so it is kept to a few in-place ops (the same
+    # arithmetic as quantize(): round(w / scale) + zero, clamped, then scale * (q - zero)).
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
         U1 = U[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        diag = torch.diag(U1).tolist()
+        Q1 = Q[:, i1:i2]
+        Err1 = torch.empty_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
             g = groups[col]
             if not (static_groups or group_size == -1) and col % gs == 0:
-                upcoming = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :gs]
+                upcoming = W1[:, i:i + gs] if i + gs <= i2 - i1 else torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :gs]
                 scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(upcoming, bits, sym)
-            w = W1[:, i]
-            q = quantize(w.unsqueeze(1), scales[:, g:g + 1], zeros[:, g:g + 1], bits).flatten()
-            err = (w - q) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i, i:].unsqueeze(0)
-            Q[:, col] = q
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            if i == 0 or g != groups[col - 1]:
+                scale, zero = scales[:, g:g + 1], zeros[:, g:g + 1]
+            w = W1[:, i:i + 1]
+            q = torch.round(w / scale).add_(zero).clamp_(0, maxq).sub_(zero).mul_(scale)
+            Q1[:, i:i + 1] = q
+            err = Err1[:, i:i + 1]
+            torch.sub(w, q, out=err).div_(diag[i])
+            # Columns after i take column i's error (column i itself is done: its value is q).
+            W1[:, i + 1:].addmm_(err, U1[i:i + 1, i + 1:], alpha=-1)
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1)
     Q = Q[:, invperm]
     g_idx = g_of_col[invperm]
     info.update(dead_inputs=dead)
@@ -99,7 +107,7 @@ class GPTQCompressor(HessianCollector):
 
 @register
 @dataclass
-class GPTQ(Method):
+class GPTQ(LayerwiseMethod):
     bits: int = 4
     group_size: int = 128
     sym: bool = False
