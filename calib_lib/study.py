@@ -149,12 +149,13 @@ def method_label(method: dict) -> str:
     name = method["name"]
     if name == "dense":
         return "dense"
+    order = " (block order)" if method.get("sequential") == "block" else ""    # "layer" is the default
     if name in PRUNING:
         if method.get("n"):
-            return f"{name} {method['n']}:{method['m']}"
-        return f"{name} {round(100 * method.get('sparsity', 0.5))}%"
+            return f"{name} {method['n']}:{method['m']}{order}"
+        return f"{name} {round(100 * method.get('sparsity', 0.5))}%{order}"
     group = method.get("group_size", 128)
-    return f"{name} {method.get('bits', 4)}-bit" + (f" g{group}" if group else "")
+    return f"{name} {method.get('bits', 4)}-bit" + (f" g{group}" if group else "") + order
 
 
 def method_family(name: str) -> str:

@@ -53,7 +53,8 @@ class RunSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def label(self) -> str:
-        params = ",".join(f"{k}={v}" for k, v in self.method_params if k in ("sparsity", "n", "m", "bits", "group_size"))
+        params = ",".join(f"{k}={v}" for k, v in self.method_params if k in ("sparsity", "n", "m", "bits", "group_size")
+                          or (k == "sequential" and v == "block"))
         cal = self.calibration
         where = f" {cal.source}/{cal.num_samples}x{cal.seq_len}/set{cal.set_index}" if cal else ""
         return f"{self.model} {self.method}({params}){where}"
