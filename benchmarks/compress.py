@@ -87,13 +87,14 @@ def one(args) -> dict:
     params = json.loads(args.params)
     if args.sequential and args.method in LAYERWISE:
         params["sequential"] = args.sequential
-    row = {"method": args.method, "params": params, "calibration": cal.metadata()["spec"],
+    row = {"method": args.method, "params": params, "batch_size": args.batch_size, "calibration": cal.metadata()["spec"],
            "calibration_fingerprint": cal.fingerprint}
     row["rss_before_mib"] = round(PeakRSS._rss() / 2**20)
     if args.method != "dense":
         started = time.time()
         with PeakRSS() as memory:
-            report = compress(model, args.method, cal.input_ids, progress=False, **params)
+            report = compress(model, args.method, cal.input_ids, batch_size=args.batch_size, progress=False,
+                              **params)
         row["compress_seconds"] = round(time.time() - started, 1)
         row["damping_retries"] = report["damping_retries"]
         row["compress_peak_rss_mib"] = round(memory.peak / 2**20)
@@ -130,6 +131,8 @@ def main() -> None:
     parser.add_argument("--settings", default="",
                         help="comma-separated settings to keep, as the report writes them: 50%%, 2:4, 3-bit g128, "
                              "4-bit g128 (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="calibration sequences per forward in the driver (changes only float rounding)")
     parser.add_argument("--sequential", choices=["layer", "block"],
                         help="order for wanda, sparsegpt and gptq (default: the methods' default, layer)")
     parser.add_argument("--out", default="benchmarks/compress-results.jsonl")
@@ -154,6 +157,7 @@ def main() -> None:
                "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
         if args.sequential:
             cmd += ["--sequential", args.sequential]
+        cmd += ["--batch-size", str(args.batch_size)]
         if args.ppl:
             cmd.append("--ppl")
         proc = subprocess.run(cmd, capture_output=True, text=True)
