@@ -24,7 +24,6 @@ import time
 
 import torch
 
-LAYERWISE = {"wanda", "sparsegpt", "gptq"}     # the methods with a `sequential` option
 CONFIGS = [
     ("dense", {}),
     ("magnitude", {"sparsity": 0.5}), ("wanda", {"sparsity": 0.5}), ("sparsegpt", {"sparsity": 0.5}),
@@ -79,13 +78,14 @@ class PeakRSS:
 
 def one(args) -> dict:
     """Run a single configuration in this process."""
-    from calib_lib.compress import compress
+    from calib_lib.compress import METHODS, compress
+    from calib_lib.compress.methods import LayerwiseMethod
     from calib_lib.evaluate import perplexity
     from calib_lib.models import load_model
     model, tokenizer = load_model(args.model, log=lambda *a: None)
     cal = calibration(args, tokenizer)
     params = json.loads(args.params)
-    if args.sequential and args.method in LAYERWISE:
+    if args.sequential and issubclass(METHODS.get(args.method, object), LayerwiseMethod):   # has `sequential`
         params["sequential"] = args.sequential
     row = {"method": args.method, "params": params, "batch_size": args.batch_size, "calibration": cal.metadata()["spec"],
            "calibration_fingerprint": cal.fingerprint}
