@@ -1,0 +1,121 @@
+"""Golden outputs: what each versioned component produces on a tiny model and fixed inputs.
+
+Run keys hash the spec plus the ``version`` of every component that produces a run's numbers (method,
+compression pipeline, calibration source and strategy, evaluation protocol, model loading), not the
+code's text, so a refactor keeps every stored run. The price is discipline: a change that moves a
+number must bump that component's version. ``tests/test_golden.py`` enforces it: it recomputes these
+outputs and fails when one differs from the one recorded for the same version.
+
+After a deliberate change (and its version bump) record the new outputs:
+
+    .venv/bin/python tests/golden.py --update
+
+Outputs that involve floating point are compared with a tolerance (another CPU's BLAS may round
+differently in the last bits; an algorithmic change moves them by far more); token ids exactly.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+GOLDEN_FILE = Path(__file__).with_name("golden.json")
+FLOAT_RTOL = 5e-3
+
+# Each method in its non-default settings too: both orders, N:M, groups.
+METHOD_CASES = {
+    "magnitude 50%": {"name": "magnitude", "sparsity": 0.5},
+    "magnitude 2:4": {"name": "magnitude", "n": 2, "m": 4},
+    "wanda 50% layer": {"name": "wanda", "sparsity": 0.5, "sequential": "layer"},
+    "wanda 2:4 block": {"name": "wanda", "n": 2, "m": 4, "sequential": "block"},
+    "sparsegpt 50% layer": {"name": "sparsegpt", "sparsity": 0.5, "sequential": "layer"},
+    "sparsegpt 2:4 block": {"name": "sparsegpt", "n": 2, "m": 4, "sequential": "block"},
+    "rtn 4-bit g32": {"name": "rtn", "bits": 4, "group_size": 32},
+    "gptq 3-bit g32 layer": {"name": "gptq", "bits": 3, "group_size": 32, "sequential": "layer"},
+    "gptq 4-bit per-channel block": {"name": "gptq", "bits": 4, "group_size": -1, "sequential": "block"},
+    "awq 3-bit g32": {"name": "awq", "bits": 3, "group_size": 32},
+}
+
+_CUSTOM_DOCS = [f"Document {i} is about the {w} of compressed language models and the data that calibrates "
+                f"them, written {i % 7} times over, with numbers {i * 13} and {i * 31} in it. " * (2 + i % 4)
+                for i, w in enumerate(["choice", "size", "length", "source", "draw"] * 8)]
+
+
+def _tiny():
+    from calib_lib.models import load_model
+    return load_model("tiny-llama", log=lambda *a: None)
+
+
+def calibration_ids() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(4, 384, (8, 32), generator=generator)
+
+
+def method_output(case: dict) -> list[float]:
+    """Per linear layer of the blocks: ||W_compressed - W|| / ||W||."""
+    from calib_lib.compress import compress, decoder_blocks
+    model, _ = _tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    params = {k: v for k, v in case.items() if k != "name"}
+    compress(model, case["name"], calibration_ids(), batch_size=4, progress=False, **params)
+    blocks = decoder_blocks(model)
+    out = []
+    for name, p in model.named_parameters():
+        if name.endswith(".weight") and p.dim() == 2 and any(p is q for q in blocks.parameters()):
+            out.append(float((p.detach() - before[name]).norm() / before[name].norm()))
+    return out
+
+
+def sampling_outputs(workdir: Path) -> dict:
+    """Fingerprints of sets from a local file (both strategies), random tokens and self-generation."""
+    from calib_lib.data.sampling import CalibrationSpec, sample
+    model, tokenizer = _tiny()
+    path = workdir / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in _CUSTOM_DOCS))
+    specs = {
+        "custom document-window": CalibrationSpec("custom", 4, 16, seed=3, set_index=1, path=str(path)),
+        "custom concat-chunk": CalibrationSpec("custom", 4, 16, seed=3, set_index=1, path=str(path),
+                                               strategy="concat-chunk"),
+        "random-vocab": CalibrationSpec("random-vocab", 4, 16, seed=3, set_index=1),
+        "self": CalibrationSpec("self", 2, 12, seed=3, set_index=1, t_init=1.5, t_final=0.5, schedule_steps=4),
+    }
+    return {name: sample(spec, tokenizer, model, progress=False).input_ids.tolist() for name, spec in specs.items()}
+
+
+def evaluation_output() -> dict:
+    from calib_lib.evaluate import evaluate
+    model, tokenizer = _tiny()
+    records = evaluate(model, tokenizer, {"name": "golden", "ppl_texts": ("news",), "ppl_windows": 2,
+                                          "ppl_seq_len": 32, "tasks": ()}, progress=False)
+    return {r["name"]: r["value"] for r in records}
+
+
+def compute() -> dict:
+    """Every golden output, keyed by component case."""
+    import os
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = os.environ.get("CALIB_CACHE")
+        os.environ["CALIB_CACHE"] = str(Path(tmp) / "cache")   # self-generation must not come from a cache
+        try:
+            sampling = sampling_outputs(Path(tmp))
+        finally:
+            if previous is None:
+                os.environ.pop("CALIB_CACHE", None)
+            else:
+                os.environ["CALIB_CACHE"] = previous
+    return {"methods": {label: method_output(case) for label, case in METHOD_CASES.items()},
+            "sampling": sampling, "evaluation": evaluation_output()}
+
+
+def load() -> dict:
+    return json.loads(GOLDEN_FILE.read_text())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python tests/golden.py --update   (records the current outputs as golden)")
+    GOLDEN_FILE.write_text(json.dumps(compute(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN_FILE}")
