@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from calib_lib.compress import METHODS, compress, decoder_blocks, make_method
-from calib_lib.compress.driver import block_linears
+from calib_lib.compress.blocks import block_linears
 from calib_lib.compress.methods.awq import _fake_quant_scaled
 from calib_lib.compress.quant import rtn
 from calib_lib.models import load_model
@@ -126,7 +126,7 @@ class _RoutingBlock(torch.nn.Module):
 
 def test_layer_order_refuses_blocks_whose_batches_take_different_layers():
     import threading
-    from calib_lib.compress.driver import Lockstep
+    from calib_lib.compress.lockstep import Lockstep
     before = threading.active_count()
     hidden = [torch.ones(1, 4, 8), -torch.ones(1, 4, 8)]
     with pytest.raises(RuntimeError, match="batch 1 reached b where batch 0 reached a.*sequential='block'"):

@@ -61,16 +61,21 @@ class Grid:
                     and (codes.round() >= 0).all() and (codes.round() <= 2 ** self.bits - 1).all())
 
 
-def rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> tuple[torch.Tensor, Grid]:
-    """Round-to-nearest on a per-row, per-group grid."""
+def rtn(w: torch.Tensor, bits: int, group_size: int, sym: bool, clip=None) -> tuple[torch.Tensor, Grid]:
+    """Round-to-nearest on a per-row, per-group grid: the one group-wise quantizer of the package.
+
+    ``clip(w_group, a, b)``, when given, returns the group's columns ``a:b`` clipped before their grid is
+    fitted (AWQ's clipping search); RTN and the AWQ scale search use the plain min-max grid.
+    """
     out = torch.empty_like(w)
     bounds = group_bounds(w.shape[1], group_size)
     scales, zeros = [], []
     g_idx = torch.empty(w.shape[1], dtype=torch.long)
-    for g, (s, e) in enumerate(bounds):
-        scale, zero = grid_params(w[:, s:e], bits, sym)
-        out[:, s:e] = quantize(w[:, s:e], scale, zero, bits)
+    for g, (a, b) in enumerate(bounds):
+        group = w[:, a:b] if clip is None else clip(w[:, a:b], a, b)
+        scale, zero = grid_params(group, bits, sym)
+        out[:, a:b] = quantize(group, scale, zero, bits)
         scales.append(scale)
         zeros.append(zero)
-        g_idx[s:e] = g
+        g_idx[a:b] = g
     return out, Grid(bits, torch.cat(scales, 1), torch.cat(zeros, 1), g_idx)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..models.context import context_length
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -24,10 +26,6 @@ class PerplexityResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def context_length(model) -> int | None:
-    return getattr(model.config, "max_position_embeddings", None)
 
 
 def make_windows(token_ids: torch.Tensor, seq_len: int, num_windows: int | None = None) -> torch.Tensor:

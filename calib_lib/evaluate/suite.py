@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .perplexity import context_length, make_windows, perplexity
+from ..models.context import context_length
+from .perplexity import make_windows, perplexity
 from .tasks import TASKS, TaskUnavailableError, run_tasks, task_available
 
 

@@ -18,20 +18,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..quant import Grid, grid_params, group_bounds, quantize
+from ..blocks import block_linears
+from ..quant import Grid, grid_params, quantize, rtn
 from ...errors import FieldError
-from .base import Method, quant_params, register
+from .base import Method, QuantParams, register
 
 _QUERY_KEY = re.compile(r"(^|\.)(q_proj|k_proj|q|k|query|key|query_key_value|qkv_proj|c_attn)$")
 
 
 def _fake_quant_scaled(W: torch.Tensor, s: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
-    Ws = W * s.unsqueeze(0)
-    out = torch.empty_like(Ws)
-    for a, b in group_bounds(Ws.shape[1], group_size):
-        scale, zero = grid_params(Ws[:, a:b], bits, sym)
-        out[:, a:b] = quantize(Ws[:, a:b], scale, zero, bits)
-    return out / s.unsqueeze(0)
+    """W with its input channels scaled by s, quantized, and scaled back (what the scale search scores)."""
+    return rtn(W * s.unsqueeze(0), bits, group_size, sym)[0] / s.unsqueeze(0)
 
 
 def _common_parent(block: nn.Module, names: list[str]) -> tuple[str, nn.Module]:
@@ -49,20 +46,16 @@ def _common_parent(block: nn.Module, names: list[str]) -> tuple[str, nn.Module]:
 
 @register
 @dataclass
-class AWQ(Method):
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = False
+class AWQ(QuantParams, Method):
     n_grid: int = 20
     max_shrink: float = 0.5
     search_samples: int = 8        # calibration sequences used by the scale search (whole batches)
     clip_tokens: int = 512         # tokens used by the clipping search, evenly spaced
     name = "awq"
-    kind = "quantize"
     block_level = True
 
     def validate(self):
-        quant_params(self.bits, self.group_size)
+        super().validate()
         for name, ok, rule in [("n_grid", self.n_grid >= 1, ">= 1"), ("max_shrink", 0 <= self.max_shrink < 1, "in [0, 1)"),
                                ("search_samples", self.search_samples >= 1, ">= 1")]:
             if not ok:
@@ -126,38 +119,33 @@ class AWQ(Method):
         return best[2], best[1]
 
     def clip_and_quantize(self, layer: nn.Linear, s: torch.Tensor, x: torch.Tensor, clip: bool) -> Grid:
+        """Quantize the layer on the scaled input channels, each group clipped (unless ``clip`` is False)
+        to the range that minimises the squared error of its outputs on ``x``; write W back unscaled."""
         W = layer.weight.data.float() * s.unsqueeze(0)
         xs = x / s.unsqueeze(0)
-        bounds = group_bounds(W.shape[1], self.group_size)
-        out = torch.empty_like(W)
-        scales, zeros = [], []
-        g_idx = torch.empty(W.shape[1], dtype=torch.long)
-        for g, (a, b) in enumerate(bounds):
-            w, xg = W[:, a:b], xs[:, a:b]
-            if clip:
-                org = xg @ w.T
-                max_abs = w.abs().amax(dim=1, keepdim=True)
-                best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
-                best_max = max_abs.clone()
-                for step in range(int(self.max_shrink * self.n_grid)):
-                    limit = max_abs * (1 - step / self.n_grid)
-                    cw = torch.clamp(w, -limit, limit)
-                    scale, zero = grid_params(cw, self.bits, self.sym)
-                    err = ((xg @ quantize(cw, scale, zero, self.bits).T - org) ** 2).mean(0)
-                    better = err < best_err
-                    best_err = torch.where(better, err, best_err)
-                    best_max = torch.where(better.unsqueeze(1), limit, best_max)
-                w = torch.clamp(w, -best_max, best_max)
-            scale, zero = grid_params(w, self.bits, self.sym)
-            out[:, a:b] = quantize(w, scale, zero, self.bits)
-            scales.append(scale)
-            zeros.append(zero)
-            g_idx[a:b] = g
+        out, grid = rtn(W, self.bits, self.group_size, self.sym,
+                        clip=(lambda w, a, b: self._clip(w, xs[:, a:b])) if clip else None)
         layer.weight.data.copy_((out / s.unsqueeze(0)).to(layer.weight.dtype))
-        return Grid(self.bits, torch.cat(scales, 1), torch.cat(zeros, 1), g_idx, in_scale=s.clone())
+        grid.in_scale = s.clone()
+        return grid
+
+    def _clip(self, w: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
+        """w clamped per row to the shrunk range whose quantized outputs on xg err least."""
+        org = xg @ w.T
+        max_abs = w.abs().amax(dim=1, keepdim=True)
+        best_err = torch.full((w.shape[0],), float("inf"), device=w.device)
+        best_max = max_abs.clone()
+        for step in range(int(self.max_shrink * self.n_grid)):
+            limit = max_abs * (1 - step / self.n_grid)
+            cw = torch.clamp(w, -limit, limit)
+            scale, zero = grid_params(cw, self.bits, self.sym)
+            err = ((xg @ quantize(cw, scale, zero, self.bits).T - org) ** 2).mean(0)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_max = torch.where(better.unsqueeze(1), limit, best_max)
+        return torch.clamp(w, -best_max, best_max)
 
     def compress_block(self, block, hidden, calls) -> dict:
-        from ..driver import block_linears
         linears = block_linears(block)
         per_batch = hidden[0].shape[0]
         n_batches = max(1, -(-self.search_samples // per_batch))

@@ -1,9 +1,14 @@
 """The protocol every compression method follows, and its registry.
 
-A layer-wise method gives a ``LayerCompressor`` per ``nn.Linear``: the driver feeds it the layer's
+A layer-wise method gives a ``LayerCompressor`` per ``nn.Linear``: the pipeline feeds it the layer's
 inputs for the calibration batch (``add_batch``) and then asks it to ``solve``, which writes the
 compressed weight in place and returns a small dict of what happened. A block-wise method (AWQ)
-overrides ``compress_block`` instead.
+overrides ``compress_block`` instead. The method names its pipeline (``pipeline``), its family
+(pruning or quantization) and how it reads in a figure (``label``).
+
+Every method carries a ``version`` that enters the run key: bump it when a change moves any number the
+method produces (``tests/test_golden.py`` fails until you do), and leave it when a refactor does not, so
+stored runs stay valid.
 """
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ import torch
 from torch import nn
 
 from ...errors import FieldError
+from ...registry import Registry
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: Registry[type["Method"]] = Registry("compression method")
 
 
 def register(cls):
-    METHODS[cls.name] = cls
+    """Class decorator: register a Method subclass under its ``name``."""
+    METHODS.add(cls.name, cls)
     return cls
 
 
@@ -45,7 +52,8 @@ class Method:
     """Parameters of a method; subclasses are dataclasses whose fields are the method's options."""
 
     name = "base"
-    kind = "prune"                 # "prune" | "quantize"
+    version = 1                    # bump when the numbers change (enters the run key)
+    family = "none"                # "pruning" | "quantization"
     needs_calibration = True
     block_level = False            # True: the method compresses a whole block (compress_block)
     layer_compressor = LayerCompressor
@@ -61,6 +69,21 @@ class Method:
 
     def compressor(self, layer: nn.Linear) -> LayerCompressor:
         return self.layer_compressor(layer, self)
+
+    @property
+    def pipeline(self) -> str:
+        """The registered compression pipeline that runs this method (``compress.pipelines``)."""
+        if not self.needs_calibration:
+            return "data-free"
+        return "block-level" if self.block_level else "block"
+
+    def setting(self) -> str:
+        """The method's main setting in a few characters ('50%', '2:4', '3-bit g128')."""
+        return ""
+
+    def label(self) -> str:
+        """How the method reads in tables and figures: 'wanda 50%', 'gptq 3-bit g128 (block order)'."""
+        return " ".join(part for part in (self.name, self.setting()) if part)
 
 
 SEQUENTIAL = ("layer", "block")
@@ -87,20 +110,63 @@ class LayerwiseMethod(Method):
                                            f"got {self.sequential!r}")
         super().__post_init__()
 
+    @property
+    def pipeline(self) -> str:
+        return self.sequential            # the "layer" and "block" pipelines
 
-def sparsity_params(sparsity: float, n: int, m: int) -> None:
-    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0 <= sparsity < 1:
-        raise FieldError("sparsity", f"sparsity must be in [0, 1), got {sparsity!r}")
-    if (n, m) != (0, 0):
-        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-            raise FieldError("n", f"N:M sparsity needs 0 < N < M, got {n}:{m}")
+    def label(self) -> str:
+        # "layer" is the default order and goes unnamed; the other order is named wherever it is used.
+        return super().label() + (" (block order)" if self.sequential == "block" else "")
 
 
-def quant_params(bits: int, group_size: int) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
-        raise FieldError("bits", f"bits must be an integer in 2..8, got {bits!r}")
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or (group_size <= 0 and group_size != -1):
-        raise FieldError("group_size", f"group_size must be a positive integer or -1 (per-channel), got {group_size!r}")
+# -- parameter blocks shared by the methods of a family (dataclass mixins: put them before the Method base)
+
+@dataclass
+class SparsityParams:
+    """Unstructured sparsity (a fraction in [0, 1)) or N:M (n of every m consecutive inputs of a row zero)."""
+    sparsity: float = 0.5
+    n: int = 0
+    m: int = 0
+    family = "pruning"
+
+    def validate(self) -> None:
+        super().validate()
+        sparsity = self.sparsity
+        if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not 0 <= sparsity < 1:
+            raise FieldError("sparsity", f"sparsity must be in [0, 1), got {sparsity!r}")
+        if (self.n, self.m) != (0, 0):
+            if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
+                raise FieldError("n", f"N:M sparsity needs 0 < N < M, got {self.n}:{self.m}")
+
+    def setting(self) -> str:
+        return f"{self.n}:{self.m}" if self.n else f"{round(100 * self.sparsity)}%"
+
+
+@dataclass
+class QuantParams:
+    """Uniform asymmetric (or symmetric) integer grids of ``bits`` per group of ``group_size`` inputs
+    (-1: one grid per output channel)."""
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    family = "quantization"
+
+    def validate(self) -> None:
+        super().validate()
+        bits, group_size = self.bits, self.group_size
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+            raise FieldError("bits", f"bits must be an integer in 2..8, got {bits!r}")
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or (group_size <= 0 and group_size != -1):
+            raise FieldError("group_size", f"group_size must be a positive integer or -1 (per-channel), "
+                                           f"got {group_size!r}")
+
+    def setting(self) -> str:
+        return f"{self.bits}-bit " + ("per-channel" if self.group_size == -1 else f"g{self.group_size}")
+
+
+def check_percdamp(percdamp: float) -> None:
+    if not isinstance(percdamp, (int, float)) or percdamp < 0:
+        raise FieldError("percdamp", f"percdamp must be non-negative, got {percdamp!r}")
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

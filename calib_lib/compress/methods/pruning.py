@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import FieldError
-from .base import (LayerCompressor, LayerwiseMethod, Method, lowest_k_mask, nm_mask, register,
-                   sparsity_params)
+from .base import (LayerCompressor, LayerwiseMethod, Method, SparsityParams, check_percdamp, lowest_k_mask,
+                   nm_mask, register)
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
 
@@ -20,28 +20,31 @@ def _sparsity_info(W: torch.Tensor) -> dict:
     return {"sparsity": float((W == 0).float().mean())}
 
 
+def prune_lowest(W: torch.Tensor, score: torch.Tensor, method: SparsityParams, per_row: bool) -> dict:
+    """Zero the weights of lowest score in place: n of every m (N:M), else the ``sparsity`` fraction of
+    each row (``per_row``) or of the whole matrix."""
+    if method.n:
+        mask = nm_mask(score, method.n, method.m)
+    elif per_row:
+        mask = lowest_k_mask(score, int(W.shape[1] * method.sparsity), 1)
+    else:
+        mask = lowest_k_mask(score, int(W.numel() * method.sparsity), None)
+    W[mask] = 0
+    return _sparsity_info(W)
+
+
 class MagnitudeCompressor(LayerCompressor):
     def solve(self) -> dict:
         W = self.layer.weight.data
-        score = W.abs().float()
-        m = self.method
-        mask = nm_mask(score, m.n, m.m) if m.n else lowest_k_mask(score, int(W.numel() * m.sparsity), None)
-        W[mask] = 0
-        return _sparsity_info(W)
+        return prune_lowest(W, W.abs().float(), self.method, per_row=False)
 
 
 @register
 @dataclass
-class Magnitude(Method):
-    sparsity: float = 0.5
-    n: int = 0
-    m: int = 0
+class Magnitude(SparsityParams, Method):
     name = "magnitude"
     needs_calibration = False
     layer_compressor = MagnitudeCompressor
-
-    def validate(self):
-        sparsity_params(self.sparsity, self.n, self.m)
 
 
 class WandaCompressor(LayerCompressor):
@@ -59,23 +62,14 @@ class WandaCompressor(LayerCompressor):
     def solve(self) -> dict:
         W = self.layer.weight.data
         score = W.abs().double() * self.sq_norm.sqrt().unsqueeze(0)     # |W_ij| * ||X_j||_2
-        m = self.method
-        mask = nm_mask(score, m.n, m.m) if m.n else lowest_k_mask(score, int(W.shape[1] * m.sparsity), 1)
-        W[mask] = 0
-        return _sparsity_info(W)
+        return prune_lowest(W, score, self.method, per_row=True)
 
 
 @register
 @dataclass
-class Wanda(LayerwiseMethod):
-    sparsity: float = 0.5
-    n: int = 0
-    m: int = 0
+class Wanda(SparsityParams, LayerwiseMethod):
     name = "wanda"
     layer_compressor = WandaCompressor
-
-    def validate(self):
-        sparsity_params(self.sparsity, self.n, self.m)
 
 
 def sparsegpt_solve(W: torch.Tensor, H: torch.Tensor, sparsity: float, n: int = 0, m: int = 0,
@@ -134,18 +128,14 @@ class SparseGPTCompressor(HessianCollector):
 
 @register
 @dataclass
-class SparseGPT(LayerwiseMethod):
-    sparsity: float = 0.5
-    n: int = 0
-    m: int = 0
+class SparseGPT(SparsityParams, LayerwiseMethod):
     blocksize: int = 128
     percdamp: float = 0.01
     name = "sparsegpt"
     layer_compressor = SparseGPTCompressor
 
     def validate(self):
-        sparsity_params(self.sparsity, self.n, self.m)
+        super().validate()
         if self.n and self.blocksize % self.m:
             raise FieldError("blocksize", f"blocksize {self.blocksize} must be a multiple of M={self.m}")
-        if not 0 <= self.percdamp:
-            raise FieldError("percdamp", "percdamp must be non-negative")
+        check_percdamp(self.percdamp)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..quant import Grid, grid_params, quantize, rtn
-from ...errors import FieldError
-from .base import LayerCompressor, LayerwiseMethod, Method, quant_params, register
+from .base import LayerCompressor, LayerwiseMethod, Method, QuantParams, check_percdamp, register
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
 
@@ -23,17 +22,10 @@ class RTNCompressor(LayerCompressor):
 
 @register
 @dataclass
-class RTN(Method):
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = False
+class RTN(QuantParams, Method):
     name = "rtn"
-    kind = "quantize"
     needs_calibration = False
     layer_compressor = RTNCompressor
-
-    def validate(self):
-        quant_params(self.bits, self.group_size)
 
 
 def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
@@ -107,19 +99,14 @@ class GPTQCompressor(HessianCollector):
 
 @register
 @dataclass
-class GPTQ(LayerwiseMethod):
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = False
+class GPTQ(QuantParams, LayerwiseMethod):
     act_order: bool = False
     static_groups: bool = False
     blocksize: int = 128
     percdamp: float = 0.01
     name = "gptq"
-    kind = "quantize"
     layer_compressor = GPTQCompressor
 
     def validate(self):
-        quant_params(self.bits, self.group_size)
-        if self.percdamp < 0:
-            raise FieldError("percdamp", "percdamp must be non-negative")
+        super().validate()
+        check_percdamp(self.percdamp)

@@ -1,0 +1,136 @@
+"""Compression pipelines: how the driver walks a model for a method, registered and chosen from the method.
+
+- ``data-free`` (magnitude, RTN): each linear layer is compressed from its weights alone.
+- ``block`` (Wanda, SparseGPT, GPTQ with ``sequential="block"``): the reference Wanda/SparseGPT order.
+  Every linear layer of a block collects statistics from the dense block; all are compressed; the
+  compressed block runs again to produce the next block's inputs (two passes per block).
+- ``layer`` (``sequential="layer"``): GPTQ's true-sequential order in one pass per block: the
+  calibration batches advance through the block in lockstep (``lockstep.Lockstep``) and each layer is
+  compressed as soon as all batches reached it, so its statistics come from inputs computed by the
+  block's already compressed layers.
+- ``block-level`` (AWQ): the method compresses a whole block from the block's inputs.
+
+Calibrated pipelines hold one block's activations at a time. A pipeline carries a ``version`` that
+enters the run key: bump it when a change moves any number (``tests/test_golden.py`` checks).
+"""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..registry import Registry
+from .blocks import block_linears, capture_block_inputs, input_key, run_block
+from .lockstep import Lockstep
+from .methods.base import Method
+
+
+class Pipeline:
+    name = "base"
+    version = 1
+    needs_calibration = True
+
+    def run(self, model, blocks, method: Method, calibration, batch_size: int, progress: bool) -> dict:
+        """Compress every block in place; return per-layer info keyed ``"<block>.<layer>"``."""
+        raise NotImplementedError
+
+
+PIPELINES: Registry[Pipeline] = Registry("compression pipeline")
+
+
+def register(cls: type[Pipeline]) -> type[Pipeline]:
+    PIPELINES.add(cls.name, cls())
+    return cls
+
+
+@register
+class DataFree(Pipeline):
+    name = "data-free"
+    needs_calibration = False
+
+    def run(self, model, blocks, method, calibration, batch_size, progress):
+        info = {}
+        for b, block in enumerate(tqdm(blocks, desc=method.name, disable=not progress, leave=False)):
+            for name, layer in block_linears(block).items():
+                info[f"{b}.{name}"] = method.compressor(layer).solve()
+        return info
+
+
+class BlockByBlock(Pipeline):
+    """Calibrated pipelines: capture the first block's inputs, then compress block after block, each
+    block's (compressed) outputs being the next one's inputs."""
+
+    def compress_block(self, block, hidden, calls, method) -> tuple[list | None, dict]:
+        """(the compressed block's outputs, or None when another pass must compute them; per-layer info)."""
+        raise NotImplementedError
+
+    def run(self, model, blocks, method, calibration, batch_size, progress):
+        info = {}
+        hidden, per_block = capture_block_inputs(model, blocks, calibration, batch_size)
+        for b, block in enumerate(tqdm(blocks, desc=method.name, disable=not progress, leave=False)):
+            calls, per_block[b] = per_block[b], None
+            outputs, block_info = self.compress_block(block, hidden, calls, method)
+            info.update({f"{b}.{k}": v for k, v in block_info.items()})
+            if outputs is None and b + 1 < len(blocks):     # the last block's outputs feed nothing
+                outputs = run_block(block, hidden, calls)
+            hidden = outputs
+        return info
+
+
+@register
+class LayerOrder(BlockByBlock):
+    name = "layer"
+
+    def compress_block(self, block, hidden, calls, method):
+        return Lockstep(block, hidden, calls, method).run()
+
+
+@register
+class BlockOrder(BlockByBlock):
+    name = "block"
+
+    def compress_block(self, block, hidden, calls, method):
+        linears = block_linears(block)
+        compressors = {name: method.compressor(layer) for name, layer in linears.items()}
+        leaders = _collect_statistics(block, hidden, calls, linears, compressors)
+        for name, leader in leaders.items():
+            compressors[name].share_statistics(compressors[leader])
+        return None, {name: comp.solve() for name, comp in compressors.items()}
+
+
+@register
+class BlockLevel(BlockByBlock):
+    name = "block-level"
+
+    def compress_block(self, block, hidden, calls, method):
+        return None, method.compress_block(block, hidden, calls)
+
+
+def _collect_statistics(block, hidden, calls, linears, compressors) -> dict[str, str]:
+    """Run the block once, feeding each layer's input to its compressor. Layers that read a tensor
+    another layer already read in the same batch (q/k/v, gate/up) are not fed: the returned map names,
+    for each such follower, the leader whose statistics it shares."""
+    followers: dict[str, str] = {}
+    # Holding every seen input until the batch ends keeps its memory from being reused by a later
+    # tensor, so an equal data_ptr really means the same tensor.
+    seen: dict[tuple, tuple[str, torch.Tensor]] = {}
+
+    def hook(name):
+        def feed(module, inp, out):
+            x = inp[0]
+            leader = seen.setdefault(input_key(x), (name, x))[0]
+            if leader == name:
+                compressors[name].add_batch(x)
+            else:
+                followers[name] = leader
+        return feed
+
+    hooks = [layer.register_forward_hook(hook(name)) for name, layer in linears.items()]
+    try:
+        with torch.no_grad():
+            for h, (args, kwargs) in zip(hidden, calls):
+                seen.clear()
+                block(h, *args, **kwargs)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return followers
