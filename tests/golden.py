@@ -39,6 +39,8 @@ METHOD_CASES = {
     "awq 3-bit g32": {"name": "awq", "bits": 3, "group_size": 32},
 }
 
+SAMPLING_CASES = ("custom document-window", "custom concat-chunk", "random-vocab", "self")
+
 _CUSTOM_DOCS = [f"Document {i} is about the {w} of compressed language models and the data that calibrates "
                 f"them, written {i % 7} times over, with numbers {i * 13} and {i * 31} in it. " * (2 + i % 4)
                 for i, w in enumerate(["choice", "size", "length", "source", "draw"] * 8)]
@@ -82,6 +84,7 @@ def sampling_outputs(workdir: Path) -> dict:
         "random-vocab": CalibrationSpec("random-vocab", 4, 16, seed=3, set_index=1),
         "self": CalibrationSpec("self", 2, 12, seed=3, set_index=1, t_init=1.5, t_final=0.5, schedule_steps=4),
     }
+    assert set(specs) == set(SAMPLING_CASES)
     return {name: sample(spec, tokenizer, model, progress=False).input_ids.tolist() for name, spec in specs.items()}
 
 
@@ -90,11 +93,55 @@ def evaluation_output() -> dict:
     model, tokenizer = _tiny()
     records = evaluate(model, tokenizer, {"name": "golden", "ppl_texts": ("news",), "ppl_windows": 2,
                                           "ppl_seq_len": 32, "tasks": ()}, progress=False)
-    return {r["name"]: r["value"] for r in records}
+    return [r["value"] for r in records]
+
+
+def method_versions(case: dict) -> dict:
+    from calib_lib.compress import METHODS, PIPELINES
+    from calib_lib.models.registry import LOADING_VERSION
+    method = METHODS[case["name"]](**{k: v for k, v in case.items() if k != "name"})
+    return {"model_loading": LOADING_VERSION, "method": method.version, "pipeline": PIPELINES[method.pipeline].version}
+
+
+def sampling_versions(name: str) -> dict:
+    from calib_lib.data.registry import SOURCES, STRATEGIES
+    from calib_lib.models.registry import LOADING_VERSION
+    source, _, strategy = name.partition(" ")
+    versions = {"model_loading": LOADING_VERSION, "source": SOURCES[source].version}
+    if strategy:
+        versions["strategy"] = STRATEGIES[strategy].version
+    return versions
+
+
+def evaluation_versions() -> dict:
+    from calib_lib.evaluate.suite import EVALUATION_VERSION
+    from calib_lib.models.registry import LOADING_VERSION
+    return {"model_loading": LOADING_VERSION, "evaluation": EVALUATION_VERSION}
+
+
+def versions() -> dict:
+    """The current version of every golden case's components."""
+    return {"methods": {label: method_versions(case) for label, case in METHOD_CASES.items()},
+            "sampling": {name: sampling_versions(name) for name in SAMPLING_CASES},
+            "evaluation": {"news": evaluation_versions()}}
+
+
+def same(group: str, case: str, recorded, current) -> bool:
+    """Whether two outputs of a case agree: floats within FLOAT_RTOL, token ids exactly (self-generation,
+    which samples from float probabilities, in at least 90% of positions)."""
+    if group == "sampling":
+        if case == "self":
+            pairs = [(a, b) for ra, rb in zip(recorded, current) for a, b in zip(ra, rb)]
+            return len(recorded) == len(current) and sum(a == b for a, b in pairs) >= 0.9 * len(pairs)
+        return recorded == current
+    if isinstance(recorded, dict):
+        recorded, current = list(recorded.values()), list(current.values())
+    return len(recorded) == len(current) and all(abs(a - b) <= FLOAT_RTOL * max(abs(a), 1e-6)
+                                                 for a, b in zip(recorded, current))
 
 
 def compute() -> dict:
-    """Every golden output, keyed by component case."""
+    """Every golden output, keyed by component group and case."""
     import os
     with tempfile.TemporaryDirectory() as tmp:
         previous = os.environ.get("CALIB_CACHE")
@@ -106,8 +153,11 @@ def compute() -> dict:
                 os.environ.pop("CALIB_CACHE", None)
             else:
                 os.environ["CALIB_CACHE"] = previous
-    return {"methods": {label: method_output(case) for label, case in METHOD_CASES.items()},
-            "sampling": sampling, "evaluation": evaluation_output()}
+    outputs = {"methods": {label: method_output(case) for label, case in METHOD_CASES.items()},
+               "sampling": sampling, "evaluation": {"news": evaluation_output()}}
+    current = versions()
+    return {group: {case: {"versions": current[group][case], "output": output}
+                    for case, output in cases.items()} for group, cases in outputs.items()}
 
 
 def load() -> dict:

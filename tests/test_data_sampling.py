@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from calib_lib.data.corpora import split_groups
+from calib_lib.data import get_source
 from calib_lib.data.sampling import (CalibrationSpec, NotEnoughDataError, export_set, fingerprint,
                                      import_set, random_vocab_ids, sample)
 
@@ -59,8 +60,7 @@ def test_windows_are_real_contiguous_text_of_one_document(corpus_file, tiny_llam
     _, tok = tiny_llama
     path, docs = corpus_file
     cal = sample(_spec(path), tok)
-    from calib_lib.data.sampling import _pool_documents
-    pool, _, _ = _pool_documents(cal.spec)
+    pool, _, _ = get_source("custom").pool(cal.spec)
     for row, (d, s, e) in zip(cal.input_ids.tolist(), cal.windows):
         assert row == tok(pool[d], add_special_tokens=False).input_ids[s:e]
         assert e - s == 48
@@ -82,8 +82,7 @@ def test_calibration_never_reads_held_out_documents(corpus_file, tiny_llama):
     groups = [(str(i), d) for i, d in enumerate(docs)]
     digest_pool, heldout = split_groups(groups, "t")
     assert heldout and not set(digest_pool) & set(heldout)
-    from calib_lib.data.sampling import _pool_documents
-    pool, _, _ = _pool_documents(_spec(path))
+    pool, _, _ = get_source("custom").pool(_spec(path))
     held_markers = {d.split()[0] for d in docs} - {d.split()[0] for d in pool}
     assert len(held_markers) == 4                      # 10% of 40 documents held out
     text = " ".join(tok.decode(r) for k in range(3)

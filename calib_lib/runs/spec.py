@@ -8,17 +8,17 @@ A spec is written as YAML/JSON:
     eval: quick                       # a suite name or a suite mapping
 
 Everything is checked before any run starts; an error names the field's path (``method.sparsity``).
-The key is a sha256 of the normalised spec plus a digest of the code that produces the numbers, so
-rerunning the same spec is a cache hit and a changed algorithm is not.
+The key is a sha256 of the normalised spec plus the ``version`` of every component that produces the
+run's numbers (``component_versions``: model loading, calibration source and strategy, method, compression
+pipeline, evaluation protocol). Rerunning the same spec is a cache hit; a component whose numbers changed
+bumps its version, so its runs are recomputed; a refactor that changes no number keeps every stored run.
+``tests/test_golden.py`` holds each version to its outputs on a tiny model.
 """
 from __future__ import annotations
 
-import ast
-import functools
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from ..errors import FieldError
 
@@ -47,17 +47,25 @@ class RunSpec:
                 "calibration": self.calibration.normalized() if self.calibration else None,
                 "eval": self.suite.to_dict(), "batch_size": self.batch_size}
 
+    def versions(self) -> dict:
+        return component_versions(self)
+
     @property
     def key(self) -> str:
-        payload = json.dumps({"spec": self.normalized(), "code": code_version(self.method)}, sort_keys=True)
+        payload = json.dumps({"spec": self.normalized(), "versions": self.versions()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
+    def method_object(self):
+        """The compression method with this spec's parameters (None for the dense model)."""
+        from ..compress import METHODS
+        return None if self.method == "dense" else METHODS[self.method](**dict(self.method_params))
+
     def label(self) -> str:
-        params = ",".join(f"{k}={v}" for k, v in self.method_params if k in ("sparsity", "n", "m", "bits", "group_size")
-                          or (k == "sequential" and v == "block"))
+        """'smollm2-135m wanda 50% news/32x512/set0': the method as every table and figure names it."""
+        method = self.method_object()
         cal = self.calibration
         where = f" {cal.source}/{cal.num_samples}x{cal.seq_len}/set{cal.set_index}" if cal else ""
-        return f"{self.model} {self.method}({params}){where}"
+        return f"{self.model} {method.label() if method else 'dense'}{where}"
 
 
 def _check_type(path: str, value, expected: type):
@@ -98,7 +106,7 @@ def _method(data, path: str) -> tuple[str, tuple]:
 
 
 def _calibration(data, path: str, needed: bool):
-    from ..data.sampling import CalibrationSpec
+    from ..data.spec import CalibrationSpec
     if data is None:
         if needed:
             raise SpecError(path, "this method needs calibration data: give source, num_samples, seq_len")
@@ -163,35 +171,21 @@ def parse_spec(data: dict, path: str = "") -> RunSpec:
     return RunSpec(model, method, params, calibration, suite, dtype, batch_size)
 
 
-# -- code version ------------------------------------------------------------------------------
+# -- versions ------------------------------------------------------------------------------------
 
-_PACKAGE = Path(__file__).resolve().parents[1]
-_SHARED = ["models/loading.py", "models/tiny.py", "data/corpora.py", "data/sources.py", "data/sampling.py",
-           "data/tokenized.py", "data/selfgen.py", "data/wikimarkup.py", "evaluate/perplexity.py",
-           "evaluate/suite.py", "evaluate/tasks.py", "compress/driver.py", "compress/quant.py",
-           "compress/methods/base.py", "compress/methods/hessian.py", "runs/runner.py"]
-_METHOD_FILES = {"magnitude": "compress/methods/pruning.py", "wanda": "compress/methods/pruning.py",
-                 "sparsegpt": "compress/methods/pruning.py", "rtn": "compress/methods/quantization.py",
-                 "gptq": "compress/methods/quantization.py", "awq": "compress/methods/awq.py"}
-
-
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                and isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
-            node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
-@functools.lru_cache(maxsize=None)
-def _file_digest(relative: str) -> str:
-    tree = _strip_docstrings(ast.parse((_PACKAGE / relative).read_text()))
-    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=None)
-def code_version(method: str) -> str:
-    """Digest of the code paths that produce a run's numbers (comments and docstrings ignored)."""
-    files = _SHARED + ([_METHOD_FILES[method]] if method in _METHOD_FILES else [])
-    return hashlib.sha256("".join(_file_digest(f) for f in files).encode()).hexdigest()[:16]
+def component_versions(spec: RunSpec) -> dict:
+    """The version of every component that produces the numbers of ``spec``'s run (enters its key)."""
+    from ..compress import PIPELINES
+    from ..data.registry import STRATEGIES
+    from ..evaluate.suite import EVALUATION_VERSION
+    from ..models.registry import LOADING_VERSION
+    versions = {"model_loading": LOADING_VERSION, "evaluation": EVALUATION_VERSION}
+    method = spec.method_object()
+    if method is not None:
+        versions.update(method=method.version, pipeline=PIPELINES[method.pipeline].version)
+    if spec.calibration is not None:
+        source = spec.calibration.source_entry
+        versions["source"] = source.version
+        if source.uses_strategy:
+            versions["strategy"] = STRATEGIES[spec.calibration.strategy].version
+    return versions
