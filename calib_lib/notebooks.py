@@ -65,7 +65,7 @@ def _failed_cell(executed: Path) -> str:
     return "unknown cell"
 
 
-def execute(profile: str, *, only: list[str] | None = None, results_dir: str | Path | None = None,
+def execute_notebooks(profile: str, *, only: list[str] | None = None, results_dir: str | Path | None = None,
             figures_dir: str | Path | None = None, model: str | None = None, backend: str | None = None,
             kernel: str = "python3", html: bool = True, log=print) -> list[dict]:
     """Run the notebooks on a profile; return one summary row per notebook (name, seconds, outputs)."""

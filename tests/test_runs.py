@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from calib_lib.runs import SpecError, Store, expand_grid, parse_spec, run_specs, status
-from calib_lib.runs import spec as spec_module
 from conftest import REPO
 
 PINNED_KEYS = {"wanda": "271ad721d9a06423f8b9c73f39564f57", "dense": "7e02dd93838364875b40650ebd0a387a"}

@@ -20,7 +20,7 @@ def _keys(grid):
 def test_grids_share_the_base_runs_between_notebooks():
     """The source-domain run of the base source at set 0 is the sample-count run at the base size, the
     sequence-length run at the base length, the seed-variance run at set 0 and the self-calibration real run."""
-    base = {study._spec(TINY, m).key for m in TINY.methods}
+    base = {study.grids._spec(TINY, m).key for m in TINY.methods}
     for make in (study.sample_count_grid, study.sequence_length_grid, study.source_domain_grid,
                  study.seed_variance_grid, study.self_calibration_grid):
         assert base <= _keys(make(TINY)), make.__name__
@@ -76,7 +76,7 @@ def _record(metrics):
 
 def test_wide_table_pivots_metrics_and_takes_the_geometric_mean(tmp_path):
     store = Store(tmp_path / "runs.sqlite")
-    spec = study._spec(TINY, TINY.methods[0])
+    spec = study.grids._spec(TINY, TINY.methods[0])
     store.put(spec.key, "done", spec.label(), spec.normalized(), _record([
         {"kind": "perplexity", "name": "wikipedia", "metric": "perplexity", "value": 10.0},
         {"kind": "perplexity", "name": "news", "metric": "perplexity", "value": 40.0},
@@ -127,7 +127,7 @@ EXPECTED_FIGURES = ["01_sample_count-trend", "02_sequence_length-trend", "03_sou
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
-    rows = notebooks.execute("tiny", results_dir=out / "results", figures_dir=out / "figures", log=lambda *a: None)
+    rows = notebooks.execute_notebooks("tiny", results_dir=out / "results", figures_dir=out / "figures", log=lambda *a: None)
     return out, rows
 
 
@@ -155,7 +155,7 @@ def test_rerun_with_a_full_store_executes_no_run_and_gives_identical_numbers(tin
     before = store.count()
     table_before = study.wide(store).sort_values("key").reset_index(drop=True)
     findings_before = study.load_findings(out / "results")
-    notebooks.execute("tiny", only=["04_seed_variance"], results_dir=out / "results",
+    notebooks.execute_notebooks("tiny", only=["04_seed_variance"], results_dir=out / "results",
                       figures_dir=out / "figures", log=lambda *a: None)
     assert store.count() == before
     assert study.load_findings(out / "results")["04_seed_variance"] == findings_before["04_seed_variance"]
@@ -174,7 +174,7 @@ def test_a_failing_notebook_names_its_cell(tmp_path, monkeypatch):
     nbformat.write(nb, broken / "01_sample_count.ipynb")
     monkeypatch.setattr(notebooks, "NOTEBOOK_DIR", broken)
     with pytest.raises(notebooks.NotebookFailed, match=r"01_sample_count failed in code cell \d+ of the executed notebook \(.raise ValueError"):
-        notebooks.execute("tiny", results_dir=tmp_path / "r", figures_dir=tmp_path / "f", html=False,
+        notebooks.execute_notebooks("tiny", results_dir=tmp_path / "r", figures_dir=tmp_path / "f", html=False,
                           log=lambda *a: None)
 
 
@@ -182,7 +182,7 @@ def test_findings_notebook_on_the_tiny_profile_reuses_runs_and_writes_six_verdic
     out, _ = tiny_study
     store = Store(out / "results" / "runs.sqlite")
     before = store.count()
-    notebooks.execute("tiny", only=["06_findings"], results_dir=out / "results", figures_dir=out / "figures",
+    notebooks.execute_notebooks("tiny", only=["06_findings"], results_dir=out / "results", figures_dir=out / "figures",
                       log=lambda *a: None)
     assert store.count() == before                  # every run it needs was made by notebooks 01-05
     import pandas as pd
@@ -197,7 +197,7 @@ def test_notebooks_without_task_data_rest_on_perplexity_and_say_so(tmp_path, mon
     """A fresh machine has no offline mirror: tasks are skipped, and the notebooks that branch on
     accuracy still run, draw their figures from perplexity and say why accuracy is missing."""
     monkeypatch.delenv("CALIB_MIRROR", raising=False)
-    notebooks.execute("tiny", only=["04_seed_variance", "01_sample_count"], results_dir=tmp_path / "r",
+    notebooks.execute_notebooks("tiny", only=["04_seed_variance", "01_sample_count"], results_dir=tmp_path / "r",
                       figures_dir=tmp_path / "f", html=False, log=lambda *a: None)
     findings = study.load_findings(tmp_path / "r")
     assert "task accuracy is unavailable" in findings["04_seed_variance"]["text"]

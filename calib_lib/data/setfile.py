@@ -19,7 +19,7 @@ def export_set(cal: CalibrationSet, path: str | Path, tokenizer) -> str:
 
     The file appears complete or not at all. Returns the fingerprint, which the header records.
     """
-    from ..fetch import atomic_write_bytes
+    from ..files import atomic_write_bytes
     header = {"format": EXPORT_FORMAT, "version": 1, **cal.metadata(), "windows": cal.windows}
     lines = [json.dumps(header)]
     for i, row in enumerate(cal.input_ids.tolist()):

@@ -9,7 +9,7 @@ else wikipedia. Tasks run through lm-eval (see ``tasks.py``).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch

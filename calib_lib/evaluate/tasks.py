@@ -2,7 +2,7 @@
 
 Offline task configs read the mirror's files (absolute paths) and reproduce lm-eval's standard prompt,
 choices, target and metrics of each task (lm-eval 0.4 task YAMLs), so numbers are comparable with
-published ones. ``tests/test_evaluate_tasks.py`` renders a few documents through both this config and
+published ones. ``tests/test_evaluate.py`` renders a few documents through both this config and
 lm-eval's built-in task and checks the requests are identical.
 
 Notes on the mirror's formats: ARC and OpenBookQA come reformatted by llm-foundry (query / choices /
@@ -15,24 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..paths import mirror_dir
-
-TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "lambada_openai", "openbookqa", "piqa",
-         "rte", "winogrande", "copa")
-MIRROR_FILES = {
-    "arc_easy": "tasks/arc_easy.jsonl", "arc_challenge": "tasks/arc_challenge.jsonl",
-    "boolq": "tasks/boolq.jsonl", "hellaswag": "tasks/hellaswag.jsonl.gz",
-    "lambada_openai": "tasks/lambada_openai.jsonl", "openbookqa": "tasks/openbookqa.jsonl",
-    "piqa": "tasks/piqa.jsonl.gz", "rte": "tasks/rte.jsonl", "winogrande": "tasks/winogrande.jsonl.gz",
-    "copa": "tasks/copa.jsonl",
-}
-# lm-eval's built-in name for each of our task ids (RTE: the SuperGLUE copy, whose fields the mirror has).
-BUILTIN_NAME = {t: t for t in TASKS} | {"rte": "sglue_rte"}
-
 
 # -- document functions (module level: lm-eval calls them per document) ---------------------------
 
@@ -97,31 +83,48 @@ def boolq_target(doc):
 _ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
 _ACC_NORM = _ACC + [{"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
 
-_OFFLINE = {
-    "arc_easy": dict(doc_to_text="{{query}}\nAnswer:", doc_to_target="{{gold}}", doc_to_choice="{{choices}}",
-                     metric_list=_ACC_NORM),
-    "arc_challenge": dict(doc_to_text="{{query}}\nAnswer:", doc_to_target="{{gold}}",
-                          doc_to_choice="{{choices}}", metric_list=_ACC_NORM),
-    "openbookqa": dict(doc_to_text="{{query}}", doc_to_target="{{gold}}", doc_to_choice="{{choices}}",
-                       metric_list=_ACC_NORM),
-    "piqa": dict(doc_to_text="Question: {{goal}}\nAnswer:", doc_to_target="label",
-                 doc_to_choice="{{[sol1, sol2]}}", metric_list=_ACC_NORM),
-    "boolq": dict(doc_to_text="{{passage}}\nQuestion: {{question}}?\nAnswer:", doc_to_target=boolq_target,
-                  doc_to_choice=["no", "yes"], metric_list=_ACC),
-    "rte": dict(doc_to_text="{{premise}}\nQuestion: {{hypothesis}} True or False?\nAnswer:",
-                doc_to_target=rte_target, doc_to_choice=["True", "False"], metric_list=_ACC),
-    "hellaswag": dict(process_docs=hellaswag_docs, doc_to_text="{{query}}", doc_to_target="{{gold}}",
-                      doc_to_choice="choices", metric_list=_ACC_NORM),
-    "winogrande": dict(doc_to_text=winogrande_text, doc_to_target=winogrande_target,
-                       doc_to_choice=winogrande_choice, metric_list=_ACC),
-    "copa": dict(doc_to_text=copa_text, doc_to_target=copa_target, doc_to_choice=copa_choice,
-                 metric_list=_ACC),
-    "lambada_openai": dict(output_type="loglikelihood", doc_to_text="{{context}}",
-                           doc_to_target="{{' ' + continuation}}",
-                           metric_list=[{"metric": "perplexity", "aggregation": "perplexity",
-                                         "higher_is_better": False},
-                                        {"metric": "acc", "aggregation": "mean", "higher_is_better": True}]),
-}
+@dataclass(frozen=True)
+class Task:
+    """One zero-shot task: its mirror file, lm-eval's built-in name, and the fields of its offline lm-eval
+    config (lm-eval 0.4's task YAML for it, as data; the document functions above where YAML uses Python)."""
+    name: str
+    mirror_file: str
+    config: dict
+    builtin: str = ""                     # lm-eval's name online, when it differs from ``name``
+
+
+def _choice_task(name: str, mirror_file: str, metrics: list, **config) -> Task:
+    return Task(name, mirror_file, {"metric_list": metrics, **config})
+
+
+REGISTRY: dict[str, Task] = {t.name: t for t in (
+    _choice_task("arc_easy", "tasks/arc_easy.jsonl", _ACC_NORM, doc_to_text="{{query}}\nAnswer:",
+                 doc_to_target="{{gold}}", doc_to_choice="{{choices}}"),
+    _choice_task("arc_challenge", "tasks/arc_challenge.jsonl", _ACC_NORM, doc_to_text="{{query}}\nAnswer:",
+                 doc_to_target="{{gold}}", doc_to_choice="{{choices}}"),
+    _choice_task("boolq", "tasks/boolq.jsonl", _ACC, doc_to_text="{{passage}}\nQuestion: {{question}}?\nAnswer:",
+                 doc_to_target=boolq_target, doc_to_choice=["no", "yes"]),
+    _choice_task("hellaswag", "tasks/hellaswag.jsonl.gz", _ACC_NORM, process_docs=hellaswag_docs,
+                 doc_to_text="{{query}}", doc_to_target="{{gold}}", doc_to_choice="choices"),
+    Task("lambada_openai", "tasks/lambada_openai.jsonl", dict(
+        output_type="loglikelihood", doc_to_text="{{context}}", doc_to_target="{{' ' + continuation}}",
+        metric_list=[{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                     {"metric": "acc", "aggregation": "mean", "higher_is_better": True}])),
+    _choice_task("openbookqa", "tasks/openbookqa.jsonl", _ACC_NORM, doc_to_text="{{query}}",
+                 doc_to_target="{{gold}}", doc_to_choice="{{choices}}"),
+    _choice_task("piqa", "tasks/piqa.jsonl.gz", _ACC_NORM, doc_to_text="Question: {{goal}}\nAnswer:",
+                 doc_to_target="label", doc_to_choice="{{[sol1, sol2]}}"),
+    # RTE: lm-eval's SuperGLUE copy, whose fields the mirror has
+    Task("rte", "tasks/rte.jsonl", dict(doc_to_text="{{premise}}\nQuestion: {{hypothesis}} True or False?\nAnswer:",
+                                        doc_to_target=rte_target, doc_to_choice=["True", "False"],
+                                        metric_list=_ACC), builtin="sglue_rte"),
+    _choice_task("winogrande", "tasks/winogrande.jsonl.gz", _ACC, doc_to_text=winogrande_text,
+                 doc_to_target=winogrande_target, doc_to_choice=winogrande_choice),
+    _choice_task("copa", "tasks/copa.jsonl", _ACC, doc_to_text=copa_text, doc_to_target=copa_target,
+                 doc_to_choice=copa_choice),
+)}
+TASKS = tuple(REGISTRY)
+MIRROR_FILES = {name: task.mirror_file for name, task in REGISTRY.items()}
 
 
 class TaskUnavailableError(RuntimeError):
@@ -141,14 +144,14 @@ def _seeded_subset(limit: int | None, seed: int, inner=None):
 
 
 def offline_config(task: str, limit: int | None = None, seed: int = 1234) -> dict:
-    if task not in _OFFLINE:
+    if task not in REGISTRY:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     root = mirror_dir()
     if root is None or not (root / MIRROR_FILES[task]).is_file():
         raise TaskUnavailableError(
             f"task {task!r} needs its data: set CALIB_MIRROR to the offline mirror (with "
             f"{MIRROR_FILES[task]}) or go online so lm-eval can fetch it from the hub")
-    spec = dict(_OFFLINE[task])
+    spec = dict(REGISTRY[task].config)
     inner = spec.pop("process_docs", None)
     return {
         "task": f"calib_{task}",
@@ -188,14 +191,28 @@ def task_batch_size(model, longest: int = 512) -> int:
     return max(1, min(16, (1 << 29) // (vocab * longest)))
 
 
+def _git_hash_quietly() -> str | None:
+    """lm-eval's ``get_git_commit_hash``, without git's complaint on stderr outside a checkout."""
+    import subprocess
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).decode().strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
 def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed: int = 1234,
               batch_size: int | None = None) -> tuple[list[TaskResult], dict[str, float]]:
     """Evaluate the in-memory ``model`` on ``tasks``; returns (results, seconds per task)."""
     import time
 
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    # lm-eval records the git hash of the working directory with git's stderr attached to ours, so
+    # every evaluation outside a checkout printed "fatal: not a git repository". Same hash, quietly.
+    lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
@@ -205,7 +222,7 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed
         ok, how = task_available(task)
         if not ok:
             raise TaskUnavailableError(f"task {task!r} is unavailable: {how}")
-        configs.append(offline_config(task, limit, seed) if how == "mirror" else BUILTIN_NAME[task])
+        configs.append(offline_config(task, limit, seed) if how == "mirror" else REGISTRY[task].builtin or task)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, device=str(next(model.parameters()).device),
               batch_size=batch_size or task_batch_size(model))
     manager = TaskManager(include_defaults=any(isinstance(c, str) for c in configs))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..quant import Grid, grid_params, quantize, rtn
+from ..quant import Grid, grid_params, rtn
 from .base import LayerCompressor, LayerwiseMethod, Method, QuantParams, check_percdamp, register
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 

@@ -1,0 +1,24 @@
+"""Studies: profiles (the budget), grids (which runs each notebook needs), tables (results as one row per
+run) and findings I/O, so notebooks hold no logic of their own. Everything is importable from here:
+
+    from calib_lib import study
+    profile = study.get_profile("quick")
+    grid = study.sample_count_grid(profile)
+    study.run(grid, store)                 # only missing runs execute
+    table = grid.results(store)            # one row per (run, grid label): metrics as columns
+"""
+from .findings_io import load_findings, save_finding
+from .grids import (GRIDS, StudyGrid, dense_grid, run, sample_count_grid, seed_variance_grid,
+                    self_calibration_grid, sequence_length_grid, source_domain_grid)
+from .labels import fmt, method_family, method_label, methods_of_family
+from .session import NotebookSession, headline_metrics, setup
+from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, PROFILES, PYPI_SOURCES, SPARSEGPT, WANDA, Profile,
+                       available_real_sources, describe_budget, get_profile, resolve_sources, suite_fields)
+from .tables import (has_accuracy, long_metrics, ppl_columns, rank_of, same_domain_gap, task_columns, wide)
+
+__all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "NotebookSession", "PROFILES", "PYPI_SOURCES", "SPARSEGPT", "WANDA", "Profile",
+           "StudyGrid", "available_real_sources", "dense_grid", "describe_budget", "fmt", "get_profile",
+           "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label", "methods_of_family",
+           "ppl_columns", "rank_of", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
+           "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "setup",
+           "source_domain_grid", "suite_fields", "task_columns", "wide"]

@@ -1,0 +1,139 @@
+"""The grid of each study: which runs a notebook needs, placed at its grid points, and running them.
+
+    profile = get_profile("quick")
+    grid = sample_count_grid(profile)
+    run(grid, store)                       # only missing runs execute
+    table = grid.results(store)            # one row per (run, grid label): metrics as columns
+
+Runs are shared between grids through the store: the source-domain run of ``wikipedia`` at set 0 is also
+the seed-variance run at set 0, the sample-count run at the base size and the sequence-length run at the
+base length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..runs.spec import RunSpec, parse_spec
+from ..runs.store import Store
+from .labels import method_label
+from .profiles import Profile, resolve_sources
+from .tables import wide
+
+
+@dataclass
+class StudyGrid:
+    """Specs plus, for each, the labels that place it in a study (a run may sit at two grid points)."""
+    name: str
+    points: list[tuple[dict, RunSpec]]
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        unique = {}
+        for _, spec in self.points:
+            unique.setdefault(spec.key, spec)
+        return list(unique.values())
+
+    def results(self, store: Store) -> pd.DataFrame:
+        """One row per grid point that has a finished run: labels, spec fields and metrics as columns."""
+        runs = wide(store, [spec.key for spec in self.specs])
+        if runs.empty:
+            return runs
+        labels = pd.DataFrame([{"key": spec.key, **labels} for labels, spec in self.points])
+        table = labels.merge(runs, on="key", how="inner", suffixes=("_grid", ""))
+        for column in ("calibration.num_samples", "calibration.seq_len", "calibration.seed",
+                       "calibration.set_index", "calibration.schedule_steps"):
+            # whole numbers again (a store with dense runs turns these into floats with NaN)
+            if column in table and table[column].notna().all():
+                table[column] = table[column].astype(int)
+        return table
+
+
+def _spec(profile: Profile, method: dict, **calibration) -> RunSpec:
+    # parse_spec keeps the calibration only for methods that need one (not dense, magnitude, rtn)
+    data = {"model": profile.model, "method": dict(method), "eval": dict(profile.suite),
+            "calibration": {"source": profile.base_source, "num_samples": profile.num_samples,
+                            "seq_len": profile.seq_len, "seed": profile.seed, "set_index": 0, **calibration}}
+    return parse_spec(data)
+
+
+def dense_grid(profile: Profile) -> StudyGrid:
+    return StudyGrid("dense", [({"method_label": "dense"}, _spec(profile, {"name": "dense"}))])
+
+
+def sample_count_grid(profile: Profile) -> StudyGrid:
+    return StudyGrid("sample_count", [({"method_label": method_label(m)}, _spec(profile, m, num_samples=n))
+                                 for m in profile.methods for n in profile.sample_counts])
+
+
+def sequence_length_grid(profile: Profile) -> StudyGrid:
+    """Each seq_len at a fixed token budget (num_samples = budget / seq_len) and at a fixed sample count."""
+    points = []
+    for m in profile.methods:
+        for length in profile.seq_lens:
+            if profile.token_budget // length >= 1:
+                points.append(({"method_label": method_label(m), "regime": f"fixed budget ({profile.token_budget} tokens)"},
+                               _spec(profile, m, seq_len=length, num_samples=profile.token_budget // length)))
+            points.append(({"method_label": method_label(m), "regime": f"fixed count ({profile.num_samples} samples)"},
+                           _spec(profile, m, seq_len=length)))
+    return StudyGrid("sequence_length", points)
+
+
+def source_domain_grid(profile: Profile) -> StudyGrid:
+    sources = resolve_sources(profile.sources) + ("random-vocab",)
+    return StudyGrid("source_domain", [({"method_label": method_label(m)}, _spec(profile, m, source=s))
+                                  for m in profile.methods for s in sources])
+
+
+def seed_variance_grid(profile: Profile) -> StudyGrid:
+    sources = resolve_sources(profile.variance_sources)
+    return StudyGrid("seed_variance", [({"method_label": method_label(m)}, _spec(profile, m, source=s, set_index=k))
+                                  for m in profile.methods for s in sources for k in range(profile.sets)])
+
+
+def self_calibration_grid(profile: Profile) -> StudyGrid:
+    """Self-generated data for each temperature schedule, against the base real source and random tokens."""
+    points = []
+    for m in profile.methods:
+        label = method_label(m)
+        for t_init, t_final in profile.schedules:
+            points.append(({"method_label": label, "data": f"self (t {t_init:g}->{t_final:g})", "kind": "self"},
+                           _spec(profile, m, source="self", t_init=float(t_init), t_final=float(t_final))))
+        points.append(({"method_label": label, "data": profile.base_source, "kind": "real"},
+                       _spec(profile, m)))
+        points.append(({"method_label": label, "data": "random-vocab", "kind": "random"},
+                       _spec(profile, m, source="random-vocab")))
+    return StudyGrid("self_calibration", points)
+
+
+GRIDS = {"dense": dense_grid, "sample_count": sample_count_grid, "sequence_length": sequence_length_grid,
+         "source_domain": source_domain_grid, "seed_variance": seed_variance_grid,
+         "self_calibration": self_calibration_grid}
+
+
+def run(grid: StudyGrid, store: Store, backend: str | None = None, progress: bool = True,
+        log_dir: str | Path | None = None) -> dict:
+    """Execute the grid's missing runs (the store keeps every finished one) and say what happened.
+
+    Progress bars and library chatter go to ``<log_dir>/<grid>.log`` (default: a ``logs`` folder next to
+    the store), so an executed notebook shows one summary line instead of pages of bars."""
+    import contextlib
+    import time
+
+    from ..runs.sweep import run_specs, status
+    log_dir = Path(log_dir or store.path.parent / "logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{grid.name}.log"
+    started = time.time()
+    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        summary = run_specs(grid.specs, store, backend=backend or "local", progress=progress)
+    print(f"grid {grid.name}: {summary['total']} runs, {summary['cached']} already in the store, "
+          f"{summary['done']} done now, {summary['failed']} failed ({time.time() - started:.1f} s); log: {log_path}")
+    failed = status(grid.specs, store)["failed"]
+    if failed:
+        first = store.get(failed[0].key)
+        raise RuntimeError(f"{len(failed)} run(s) of grid {grid.name!r} failed; first: {str(first.get('error')).rstrip('.')}. "
+                           f"Fix the cause and re-run: finished runs are kept in {store.path}.")
+    return summary

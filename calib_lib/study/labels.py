@@ -1,0 +1,33 @@
+"""How methods read in tables and figures, and which family each belongs to: asked of the methods
+themselves (``Method.label``, ``Method.family``), so a new method needs no entry here."""
+from __future__ import annotations
+
+import math
+
+from ..compress import METHODS
+
+
+def _int(value):
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def method_label(method: dict) -> str:
+    """'wanda 50%', 'sparsegpt 2:4', 'gptq 3-bit g128', 'wanda 50% (block order)', 'dense'."""
+    method = {k: _int(v) for k, v in method.items()}
+    name = method.pop("name")
+    return "dense" if name == "dense" else METHODS[name](**method).label()
+
+
+def method_family(name: str) -> str:
+    return METHODS[name].family if name in METHODS else "none"
+
+
+def methods_of_family(family: str) -> tuple[str, ...]:
+    return tuple(name for name, cls in METHODS.items() if cls.family == family)
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    """A number for prose: NaN reads as 'n/a'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

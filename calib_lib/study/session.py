@@ -1,0 +1,62 @@
+"""What every study notebook does before its own question: one call instead of a setup cell per notebook.
+
+    nb = study.setup("01_sample_count", profile, model=model, backend=backend, results_dir=results_dir,
+                     figures_dir=figures_dir)
+    table, dense_row = nb.run_with_dense(study.sample_count_grid(nb.profile))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..runs.store import Store
+from .grids import StudyGrid, dense_grid, run
+from .profiles import CAVEAT_4BIT, Profile, describe_budget, get_profile
+from .tables import has_accuracy
+
+
+@dataclass
+class NotebookSession:
+    name: str
+    profile: Profile
+    store: Store
+    results_dir: Path
+    figures_dir: Path
+    backend: str | None
+
+    def run(self, grid: StudyGrid) -> pd.DataFrame:
+        """Run the grid's missing runs; its results table."""
+        run(grid, self.store, self.backend)
+        return grid.results(self.store)
+
+    def run_with_dense(self, grid: StudyGrid) -> tuple[pd.DataFrame, pd.Series]:
+        """The grid's results table and the uncompressed model's row (the reference line of every figure)."""
+        dense = dense_grid(self.profile)
+        dense_row = self.run(dense).iloc[0]
+        return self.run(grid), dense_row
+
+
+def headline_metrics(table: pd.DataFrame) -> list[str]:
+    """Perplexity (geometric mean over the texts), and mean task accuracy where tasks ran."""
+    return ["ppl:geomean"] + (["acc:mean"] if has_accuracy(table) else [])
+
+
+def setup(notebook: str, profile: str, *, model: str | None = None, backend: str | None = None,
+          results_dir: str | Path | None = None, figures_dir: str | Path = "../figures",
+          header: bool = True) -> NotebookSession:
+    """The notebook's profile and store (``<results_dir>/runs.sqlite``, default ``../results/<profile>``),
+    the figure style, and (``header``) the profile, budget and 4-bit caveat displayed at the top."""
+    from .. import plots
+    cfg = get_profile(profile, model=model)
+    results_dir = Path(results_dir or f"../results/{profile}")
+    session = NotebookSession(notebook, cfg, Store(results_dir / "runs.sqlite"), results_dir, Path(figures_dir),
+                              backend)
+    plots.style()
+    pd.set_option("display.precision", 3)
+    if header:
+        from IPython.display import Markdown, display
+        display(Markdown(f"**Profile `{cfg.name}`**: {cfg.description}.  \n**Budget**: {describe_budget(cfg)}.  \n"
+                         f"**Caveat**: {CAVEAT_4BIT}"))
+    return session

@@ -1,0 +1,94 @@
+"""Result tables of the studies: one row per run with metrics as columns, and the summaries the
+notebooks and findings share."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..runs.store import Store
+from .labels import method_family, method_label
+
+
+def wide(store: Store, keys: list[str] | None = None) -> pd.DataFrame:
+    """One row per finished run: spec fields, then ``ppl:<text>``, ``acc:<task>`` (acc_norm where the task
+    has it is ``acc_norm:<task>``), ``acc:mean`` and ``ppl:geomean`` (geometric mean over the texts)."""
+    tidy = store.frame()
+    if tidy.empty:
+        return tidy
+    if keys is not None:
+        tidy = tidy[tidy["key"].isin(set(keys))]
+        if tidy.empty:
+            return tidy
+    tidy = tidy[tidy["metric"] != "skipped"]
+    spec_cols = [c for c in tidy.columns if c in ("key", "model", "method", "suite", "calibration_fingerprint")
+                 or c.startswith(("method.", "calibration."))]
+    runs = tidy[spec_cols].drop_duplicates("key").set_index("key")
+    prefix = tidy["metric"].where(tidy["kind"] == "task", "ppl").map(
+        lambda m: {"perplexity": "ppl", "acc": "acc"}.get(m, m))
+    column = prefix + ":" + tidy["name"]
+    values = pd.DataFrame({"key": tidy["key"], "column": column, "value": tidy["value"].astype(float)})
+    metrics = values.pivot_table(index="key", columns="column", values="value", aggfunc="first")
+    out = runs.join(metrics).reset_index()
+    ppl_cols = [c for c in out.columns if c.startswith("ppl:") and c != "ppl:lambada_openai"]
+    if ppl_cols:
+        out["ppl:geomean"] = np.exp(np.log(out[ppl_cols].astype(float)).mean(axis=1))
+    out["method_label"] = [method_label({"name": r["method"], **{k.split(".", 1)[1]: r[k] for k in out.columns
+                                          if k.startswith("method.") and pd.notna(r[k])}})
+                           for _, r in out.iterrows()]
+    out["family"] = out["method"].map(method_family)
+    return out
+
+
+def task_columns(table: pd.DataFrame) -> list[str]:
+    """The per-task accuracy columns present (not the mean)."""
+    return sorted(c for c in table.columns if c.startswith("acc:") and c != "acc:mean")
+
+
+def ppl_columns(table: pd.DataFrame) -> list[str]:
+    return sorted(c for c in table.columns if c.startswith("ppl:") and c not in ("ppl:geomean", "ppl:lambada_openai"))
+
+
+def has_accuracy(table: pd.DataFrame) -> bool:
+    return "acc:mean" in table.columns and table["acc:mean"].notna().any()
+
+
+def long_metrics(table: pd.DataFrame, columns: list[str], keep: list[str]) -> pd.DataFrame:
+    """Metric columns stacked into (metric, value) rows, keeping the `keep` columns (for blocked tests)."""
+    return table.melt(id_vars=keep, value_vars=columns, var_name="metric", value_name="value").dropna(
+        subset=["value"])
+
+
+def same_domain_gap(table: pd.DataFrame) -> pd.DataFrame:
+    """For each method and each evaluation text that is also a calibration source: perplexity on that text
+    after calibrating on it (same domain) against the geometric mean after calibrating on each other real
+    source (cross domain). ``log_gap`` > 0: same-domain calibration scored better."""
+    real = table[table["calibration.source"] != "random-vocab"]
+    rows = []
+    for method, part in real.groupby("method_label"):
+        by_source = part.set_index("calibration.source")
+        for column in ppl_columns(part):
+            text = column.split(":", 1)[1]
+            if text not in by_source.index:
+                continue
+            same = float(by_source.loc[text, column])
+            others = by_source.drop(index=text)[column].astype(float).dropna()
+            if others.empty:
+                continue
+            cross = float(np.exp(np.log(others).mean()))
+            rows.append({"method_label": method, "text": text, "same_domain_ppl": same,
+                         "cross_domain_ppl": cross, "log_gap": float(np.log(cross) - np.log(same))})
+    return pd.DataFrame(rows)
+
+
+def rank_of(table: pd.DataFrame, column: str, group: str, target: str, lower_is_better: bool) -> pd.DataFrame:
+    """Per method, the rank (1 = best) of `target` among the values of `group` on `column`, and how many."""
+    rows = []
+    for method, part in table.groupby("method_label"):
+        means = part.groupby(group)[column].mean().dropna()
+        if target not in means.index:
+            continue
+        ranks = means.rank(ascending=lower_is_better, method="min")
+        rows.append({"method_label": method, "metric": column, "rank": int(ranks[target]), "of": len(means),
+                     "value": float(means[target]),
+                     "best": str(means.idxmin() if lower_is_better else means.idxmax())})
+    return pd.DataFrame(rows)
