@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import stats, study
+from .study import summaries
 
 ALPHA = 0.05
 
@@ -162,19 +163,15 @@ def f4_self_generated(source_table: pd.DataFrame, self_table: pd.DataFrame) -> d
     if not study.has_accuracy(source_table) or not study.has_accuracy(self_table):
         return _row("F4", None, "inconclusive", "task accuracy is unavailable here (no task data)")
     tasks = study.task_columns(self_table)
+    real = source_table[source_table["calibration.source"] != "random-vocab"]
+    comparison = summaries.self_vs_real(self_table[self_table["kind"] == "self"], real)
+    runs = pd.concat([self_table, source_table]).drop_duplicates("key").set_index("key")
     diffs, per_method = [], []
-    for method, part in self_table.groupby("method_label"):
-        selfgen = part[part["kind"] == "self"]
-        real = source_table[(source_table["method_label"] == method)
-                            & (source_table["calibration.source"] != "random-vocab")]
-        if selfgen.empty or real.empty:
-            continue
-        best_self = selfgen.loc[selfgen["acc:mean"].idxmax()]
-        best_real = real.loc[real["acc:mean"].idxmax()]
+    for _, r in comparison.iterrows():
+        best_self, best_real = runs.loc[r["self_key"]], runs.loc[r["real_key"]]
         diffs += [float(best_self[t] - best_real[t]) for t in tasks]
-        per_method.append(f"{method}: {best_self['data']} {best_self['acc:mean']:.3f} vs "
-                          f"{best_real['calibration.source']} {best_real['acc:mean']:.3f} "
-                          f"({100 * (best_self['acc:mean'] - best_real['acc:mean']):+.1f} points)")
+        per_method.append(f"{r.method_label}: {r['best self']} {r['self acc']:.3f} vs "
+                          f"{r['best real']} {r['real acc']:.3f} ({r['self - real (points)']:+.1f} points)")
     if len(diffs) < 2:
         return _row("F4", None, "inconclusive", "needs self-generated and real runs with task accuracy")
     low, high = stats.bootstrap_ci(diffs)
@@ -188,13 +185,7 @@ def f4_self_generated(source_table: pd.DataFrame, self_table: pd.DataFrame) -> d
 
 def f5_frame(variance_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Range across sets of each task (with its (method, source)'s mean-accuracy range) and the mean's ranges."""
-    keys = ["method_label", "calibration.source"]
-    swing = stats.ranges(variance_table, study.task_columns(variance_table) + ["acc:mean"], keys)
-    if swing.empty:
-        return swing, pd.Series(dtype=float)
-    mean_range = swing[swing.metric == "acc:mean"].set_index(keys)["range"]
-    per_task = swing[swing.metric != "acc:mean"].join(mean_range.rename("mean_range"), on=keys)
-    return per_task, mean_range
+    return summaries.task_swing(variance_table)
 
 
 def f5_task_swing(variance_table: pd.DataFrame) -> dict:

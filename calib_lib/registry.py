@@ -31,6 +31,10 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.what} {name!r}; known: {', '.join(self._items)}")
         return self._items[name]
 
+    def find(self, name: str) -> T | None:
+        """The thing registered under ``name``, or None (for callers that fall back to something else)."""
+        return self._items.get(name)
+
     def __getitem__(self, name: str) -> T:
         return self.get(name)
 

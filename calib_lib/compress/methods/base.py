@@ -164,9 +164,19 @@ class QuantParams:
         return f"{self.bits}-bit " + ("per-channel" if self.group_size == -1 else f"g{self.group_size}")
 
 
-def check_percdamp(percdamp: float) -> None:
-    if not isinstance(percdamp, (int, float)) or percdamp < 0:
-        raise FieldError("percdamp", f"percdamp must be non-negative, got {percdamp!r}")
+@dataclass
+class HessianParams:
+    """The second-order solvers' options (SparseGPT, GPTQ): columns per lazy batch update, and the damping
+    added to the Hessian's diagonal as a fraction of its mean."""
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
+            raise FieldError("percdamp", f"percdamp must be non-negative, got {self.percdamp!r}")
+        if not isinstance(self.blocksize, int) or isinstance(self.blocksize, bool) or self.blocksize <= 0:
+            raise FieldError("blocksize", f"blocksize must be a positive integer, got {self.blocksize!r}")
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

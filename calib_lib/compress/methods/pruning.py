@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import FieldError
-from .base import (LayerCompressor, LayerwiseMethod, Method, SparsityParams, check_percdamp, lowest_k_mask,
+from .base import (LayerCompressor, LayerwiseMethod, Method, HessianParams, SparsityParams, lowest_k_mask,
                    nm_mask, register)
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
@@ -128,9 +128,7 @@ class SparseGPTCompressor(HessianCollector):
 
 @register
 @dataclass
-class SparseGPT(SparsityParams, LayerwiseMethod):
-    blocksize: int = 128
-    percdamp: float = 0.01
+class SparseGPT(SparsityParams, HessianParams, LayerwiseMethod):
     name = "sparsegpt"
     layer_compressor = SparseGPTCompressor
 
@@ -138,4 +136,3 @@ class SparseGPT(SparsityParams, LayerwiseMethod):
         super().validate()
         if self.n and self.blocksize % self.m:
             raise FieldError("blocksize", f"blocksize {self.blocksize} must be a multiple of M={self.m}")
-        check_percdamp(self.percdamp)

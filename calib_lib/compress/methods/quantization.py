@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..quant import Grid, grid_params, rtn
-from .base import LayerCompressor, LayerwiseMethod, Method, QuantParams, check_percdamp, register
+from .base import LayerCompressor, LayerwiseMethod, Method, HessianParams, QuantParams, register
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
 
@@ -99,14 +99,8 @@ class GPTQCompressor(HessianCollector):
 
 @register
 @dataclass
-class GPTQ(QuantParams, LayerwiseMethod):
+class GPTQ(QuantParams, HessianParams, LayerwiseMethod):
     act_order: bool = False
     static_groups: bool = False
-    blocksize: int = 128
-    percdamp: float = 0.01
     name = "gptq"
     layer_compressor = GPTQCompressor
-
-    def validate(self):
-        super().validate()
-        check_percdamp(self.percdamp)
