@@ -40,3 +40,10 @@ def test_smollm_greedy_generation_is_deterministic(smollm):
         b = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(a, b)
     assert "Paris" in tokenizer.decode(a[0, ids.shape[1]:])
+
+
+def test_declared_context_matches_the_loaded_config(smollm):
+    """Specs are checked against the registry's context length before loading: it must be the real one."""
+    from calib_lib.models.context import context_length, declared_context_length
+    model, _ = smollm
+    assert declared_context_length("smollm2-135m") == context_length(model) == 8192

@@ -48,6 +48,15 @@ def spec(**over):
     ({"eval": {"ppl_windows": 2, "tasks": ["arc_easy"], "wat": 1}}, "eval.wat"),
     ({"batch_size": 0}, "batch_size"),
     ({"extra": True}, "extra"),
+    # checked against the data and the model before anything loads (issue: they used to fail mid-run)
+    ({"eval": {"tasks": ["arc_eazy"]}}, "eval.tasks[0]"),
+    ({"eval": {"ppl_texts": ["auto", "newz"]}}, "eval.ppl_texts[1]"),
+    ({"eval": {"ppl_texts": ["self"]}}, "eval.ppl_texts[0]"),
+    ({"eval": {"tasks": "arc_easy"}}, "eval.tasks"),
+    ({"eval": {"ppl_seq_len": 4096}}, "eval.ppl_seq_len"),
+    ({"eval": {"ppl_windows": 0}}, "eval.ppl_windows"),
+    ({"calibration": {"source": "news", "num_samples": 4, "seq_len": 4096}}, "calibration.seq_len"),
+    ({"calibration": {"source": "news", "num_samples": 4, "seq_len": 32, "seed": -1}}, "calibration.seed"),
 ])
 def test_bad_specs_name_the_field_path(data, path):
     base = {"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5},

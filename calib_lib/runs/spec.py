@@ -141,8 +141,45 @@ def _suite(data, path: str):
     data = {**data, "name": data.get("name", "custom")}
     for key in ("ppl_texts", "tasks"):
         if key in data:
+            if isinstance(data[key], str) or not isinstance(data[key], (list, tuple)):
+                raise SpecError(f"{path}.{key}", f"expected a list, got {data[key]!r}")
             data[key] = tuple(data[key])
-    return Suite(**data)
+    suite = Suite(**data)
+    _check_suite(suite, path)
+    return suite
+
+
+def _check_suite(suite, path: str) -> None:
+    """Every task and perplexity text must exist (availability here is the run's concern: a mirror may
+    appear later), and the numbers must be positive."""
+    from ..data.registry import SOURCES
+    from ..evaluate import TASKS
+    for i, task in enumerate(suite.tasks):
+        if task not in TASKS:
+            raise SpecError(f"{path}.tasks[{i}]", f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    texts = [s for s in SOURCES if not SOURCES[s].synthetic]
+    for i, text in enumerate(suite.ppl_texts):
+        if text != "auto" and text not in texts:
+            raise SpecError(f"{path}.ppl_texts[{i}]", f"no held-out text {text!r}; use auto or one of: {', '.join(texts)}")
+    for name in ("ppl_seq_len", "ppl_windows", "task_limit", "batch_size"):
+        value = getattr(suite, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (2 if name == "ppl_seq_len" else 1)):
+            raise SpecError(f"{path}.{name}", f"expected a positive integer{' >= 2' if name == 'ppl_seq_len' else ''}"
+                                              f"{'' if name == 'ppl_seq_len' else ' or null'}, got {value!r}")
+
+
+def _check_context(model: str, calibration, suite, prefix: str) -> None:
+    """Windows longer than the model's context fail here, before the model is even loaded."""
+    from ..models.context import declared_context_length
+    limit = declared_context_length(model)
+    if limit is None:
+        return
+    if calibration is not None and calibration.seq_len > limit:
+        raise SpecError(f"{prefix}calibration.seq_len", f"{calibration.seq_len} tokens exceed the context of "
+                                                        f"{model} ({limit}); use at most {limit}")
+    if suite.ppl_seq_len > limit:
+        raise SpecError(f"{prefix}eval.ppl_seq_len", f"{suite.ppl_seq_len} tokens exceed the context of {model} "
+                                                     f"({limit}); use at most {limit}")
 
 
 def parse_spec(data: dict, path: str = "") -> RunSpec:
@@ -168,6 +205,7 @@ def parse_spec(data: dict, path: str = "") -> RunSpec:
     batch_size = _check_type(f"{prefix}batch_size", data.get("batch_size", 8), int)
     if batch_size <= 0:
         raise SpecError(f"{prefix}batch_size", f"must be positive, got {batch_size}")
+    _check_context(model, calibration, suite, prefix)
     return RunSpec(model, method, params, calibration, suite, dtype, batch_size)
 
 
