@@ -1,10 +1,35 @@
-"""The ``calib`` command line. Every verb calls a calib_lib function; no logic lives here."""
+"""The ``calib`` command line. Every verb calls a calib_lib function; no logic lives here.
+
+Errors take one path (``main``): an anticipated failure (``UserError``, a file or storage error) is
+printed as one line, ``calib: <message>``, with exit code 2; anything else is a bug and keeps its
+traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+from .files import atomic_write_text, check_writable
+
+_PACKAGE = Path(__file__).resolve().parent
+
+# How to fix a file-system error, by errno (the message names the path).
+_OS_FIXES = {
+    errno.EACCES: "check its permissions or choose another location",
+    errno.EPERM: "check its permissions or choose another location",
+    errno.EEXIST: "a file stands where a directory is needed: move it or choose another path",
+    errno.ENOTDIR: "part of the path is a file, not a directory: choose another path",
+    errno.EISDIR: "it is a directory: give a file path",
+    errno.ENOENT: "check the path",
+    errno.ENOSPC: "the disk is full: free space or choose another location",
+    errno.EROFS: "the file system is read-only: choose another location",
+}
 
 
 def _print_table(rows: dict) -> None:
@@ -35,7 +60,7 @@ def cmd_model_prepare(args) -> int:
     from .models import EMBEDDED, prepare_embedded
     from .models.registry import GGUFModel
     for name in args.names:
-        entry = EMBEDDED.get(name)
+        entry = EMBEDDED.find(name)
         if not isinstance(entry, GGUFModel):
             print(f"calib: {name!r} is not an embedded GGUF model; choose from "
                   f"{[n for n, e in EMBEDDED.items() if isinstance(e, GGUFModel)]}", file=sys.stderr)
@@ -45,14 +70,14 @@ def cmd_model_prepare(args) -> int:
 
 
 def cmd_eval_ppl(args) -> int:
-    from .data import load_eval_text
-    from .evaluate import make_windows, perplexity
+    from .evaluate import perplexity
+    from .evaluate.suite import evaluation_windows
     from .models import load_model
     model, tokenizer = load_model(args.model)
-    text = load_eval_text(args.text)
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    # The very windows evaluate() scores (same held-out order and seed), so the two agree on a text.
+    windows = evaluation_windows(args.text, tokenizer, args.seq_len, args.windows, args.seed)
     started = time.time()
-    result = perplexity(model, make_windows(ids, args.seq_len, args.windows))
+    result = perplexity(model, windows)
     out = {"model": args.model, "text": args.text, **result.to_dict(),
            "seconds": round(time.time() - started, 1)}
     print(json.dumps(out, indent=2))
@@ -62,19 +87,23 @@ def cmd_eval_ppl(args) -> int:
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, get_suite
     from .models import load_model
+    if args.json:
+        check_writable(args.json, "--json")          # before the evaluation, not after it
     suite = get_suite(args.suite)
     model, tokenizer = load_model(args.model)
     started = time.time()
     records = evaluate(model, tokenizer, suite)
     print(f"{'kind':<10} {'name':<15} {'metric':<11} {'value':>10} {'stderr':>8} {'n':>7} {'seconds':>8}")
     for r in records:
+        if r["metric"] == "skipped":
+            print(f"{r['kind']:<10} {r['name']:<15} skipped: {r.get('note') or 'no reason recorded'}")
+            continue
         stderr = f"{r['stderr']:.4f}" if r.get("stderr") is not None else "-"
         print(f"{r['kind']:<10} {r['name']:<15} {r['metric']:<11} {r['value']:>10.4f} {stderr:>8} "
               f"{r['n']:>7} {r.get('seconds', 0):>8.1f}")
     print(f"suite {suite.name} on {args.model}: {time.time() - started:.0f} s")
     if args.json:
-        import pathlib
-        pathlib.Path(args.json).write_text(json.dumps(records, indent=2))
+        atomic_write_text(args.json, json.dumps(records, indent=2))
     return 0
 
 
@@ -84,27 +113,37 @@ def _specs_from(path: str, single: bool):
     return [parse_spec(data)] if single else expand_grid(data)
 
 
+def _first_error_line(store, spec) -> str:
+    """The first line of a failed run's recorded error (its traceback stays in the store)."""
+    error = str((store.get(spec.key) or {}).get("error") or "")
+    return next(iter(error.strip().splitlines()), "no error recorded")
+
+
 def cmd_run(args) -> int:
-    from .runs import Store, run_specs
+    from .runs import Store, run_specs, status
     specs = _specs_from(args.spec, single=args.verb == "run")
     store = Store(args.store)
     started = time.time()
     summary = run_specs(specs, store, backend=args.backend, address=args.address)
     print(f"{summary['total']} runs: {summary['cached']} already in {args.store}, {summary['done']} done now, "
           f"{summary['failed']} failed ({time.time() - started:.1f} s)")
+    for spec in status(specs, store)["failed"]:
+        print(f"failed  {spec.label()}: {_first_error_line(store, spec)}")
     return 1 if summary["failed"] else 0
 
 
 def cmd_status(args) -> int:
     from .runs import Store, status
     specs = _specs_from(args.spec, single=False)
-    state = status(specs, Store(args.store))
+    store = Store(args.store, read_only=True)
+    state = status(specs, store)
     print(f"done {len(state['done'])}  pending {len(state['pending'])}  failed {len(state['failed'])}  "
           f"(of {len(specs)} in {args.spec})")
     if args.verbose:
         for name, group in state.items():
             for spec in group:
-                print(f"{name:<8} {spec.key[:12]}  {spec.label()}")
+                reason = f": {_first_error_line(store, spec)}" if name == "failed" else ""
+                print(f"{name:<8} {spec.key[:12]}  {spec.label()}{reason}")
     return 0
 
 
@@ -119,12 +158,24 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_store_migrate(args) -> int:
+    from .runs.migrate import migrate
+    for path in args.paths:
+        result = migrate(path)
+        if result["already"]:
+            print(f"{path}: already uses version keys; nothing to do")
+        else:
+            print(f"{path}: {result['migrated']} run(s) re-keyed, {result['stale']} stale and "
+                  f"{result['failed']} failed run(s) dropped; backup: {result['backup']}")
+    return 0
+
+
 def cmd_study(args) -> int:
     import time
 
-    from .notebooks import execute
+    from .notebooks import execute_notebooks
     started = time.time()
-    rows = execute(args.profile, only=args.only, results_dir=args.results_dir, figures_dir=args.figures_dir,
+    rows = execute_notebooks(args.profile, only=args.only, results_dir=args.results_dir, figures_dir=args.figures_dir,
                    model=args.model, backend=args.backend, html=not args.no_html)
     for row in rows:
         print(f"{row['notebook']:<22} {row['seconds']:>8.1f} s  {row['executed']}")
@@ -151,6 +202,8 @@ def cmd_data_sample(args) -> int:
                            path=args.path, text_field=args.text_field, t_init=args.t_init,
                            t_final=args.t_final, schedule_steps=args.schedule_steps,
                            stopword_first=args.stopword_first)
+    if args.out:
+        check_writable(args.out, "--out")             # before the model is loaded and the set sampled
     model, tokenizer = load_model(args.model)
     cal = sample(spec, tokenizer, model)
     fingerprint = export_set(cal, args.out, tokenizer) if args.out else cal.fingerprint
@@ -212,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default="wikitext2", help="evaluation text id (see calib_lib.data.corpora)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--windows", type=int, default=32)
+    p.add_argument("--seed", type=int, default=1234, help="held-out document order (every suite's default: 1234)")
     p.set_defaults(func=cmd_eval_ppl)
 
     p = verbs.add_parser("eval", help="evaluate a (dense) model on a suite: perplexity and zero-shot tasks")
@@ -233,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_status)
 
+    store = verbs.add_parser("store", help="results store maintenance").add_subparsers(dest="action", required=True)
+    p = store.add_parser("migrate", help="re-key a store written with code-digest run keys (keeps a backup)")
+    p.add_argument("paths", nargs="+", metavar="STORE")
+    p.set_defaults(func=cmd_store_migrate)
+
     p = verbs.add_parser("study", help="execute the study notebooks with papermill (+ HTML and figures)")
     p.add_argument("--profile", default="quick", help="tiny | quick | standard | paper")
     p.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="e.g. 03_source_domain (default: all)")
@@ -251,17 +310,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for an anticipated failure, or None for a bug (which keeps its traceback)."""
+    if isinstance(err, UserError):
+        message = str(err)
+    elif isinstance(err, OSError):
+        if err.filename is None:             # raised with a full message of its own
+            message = str(err)
+        else:
+            fix = _OS_FIXES.get(err.errno)
+            message = f"{err.filename}: {err.strerror or type(err).__name__}" + (f" ({fix})" if fix else "")
+    else:
+        return None
+    return " ".join(message.split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """calib_lib's own warnings (skipped null texts, say) read as the command's; others as usual."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        print(f"calib: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"calib: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("calib: interrupted. Every finished run is in the store; run the same command again to "
-              "finish only the missing ones.", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():              # restores showwarning for callers of main()
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            finished = (" Every finished run is in the store; run the same command again to finish only the "
+                        "missing ones." if args.verb in ("run", "sweep", "study") else "")
+            print(f"calib: interrupted.{finished}", file=sys.stderr)
+            return 130
+        except Exception as err:
+            message = user_message(err)
+            if message is None:
+                raise
+            print(f"calib: {message}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

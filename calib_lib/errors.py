@@ -25,3 +25,17 @@ class FieldError(InvalidInput):
 
 class StoreError(UserError):
     """The results store cannot be opened, read or written (missing, not a store, damaged, unwritable)."""
+
+
+class Unavailable(UserError, RuntimeError):
+    """Something a request needs is not available here (a source, a task's data, a GPU); the message says
+    how to make it available or what to use instead."""
+
+
+class Unsupported(UserError, RuntimeError):
+    """A request that cannot be carried out for this model or data (a block order that needs uniform
+    batches, a Hessian that never factors); the message says what would work."""
+
+
+class RunsFailed(UserError, RuntimeError):
+    """Runs of a grid failed; the message names the first failure, and finished runs are kept."""

@@ -7,13 +7,14 @@ inside them is used. Nothing is installed into the environment.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+from .files import durable_replace, owner_tag, remove_stale
 from .paths import cache_dir
 
 
@@ -33,7 +34,7 @@ class PinnedDist:
         return f"{self.name}=={self.version}"
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(UserError, RuntimeError):
     """A downloaded or cached file does not have the sha256 that was recorded for it."""
 
 
@@ -43,21 +44,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fetch_dist(dist: PinnedDist) -> Path:
@@ -73,7 +59,8 @@ def fetch_dist(dist: PinnedDist) -> Path:
         if sha256_file(target) == dist.sha256:
             return target
         target.unlink()
-    with tempfile.TemporaryDirectory(dir=store, prefix=".download-") as tmp:
+    remove_stale(store, ".download-")            # downloads of killed processes
+    with tempfile.TemporaryDirectory(dir=store, prefix=f".download-{owner_tag()}~") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
                "--disable-pip-version-check", "--dest", tmp, dist.requirement]
         if dist.filename.endswith((".tar.gz", ".zip")):
@@ -85,7 +72,7 @@ def fetch_dist(dist: PinnedDist) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / dist.filename
         if proc.returncode != 0 or not got.exists():
-            raise RuntimeError(
+            raise UserError(
                 f"Could not download {dist.requirement} ({dist.filename}) from PyPI with pip. "
                 "Check that this machine reaches PyPI (or your configured index).\n"
                 f"pip said: {(proc.stderr or proc.stdout).strip()[-2000:]}"
@@ -96,5 +83,5 @@ def fetch_dist(dist: PinnedDist) -> Path:
                 f"{dist.filename} has sha256 {digest}, expected {dist.sha256}: the file on the "
                 "index differs from the pinned one, so it is not used."
             )
-        os.replace(got, target)
+        durable_replace(got, target)
     return target

@@ -14,6 +14,9 @@ import os
 import time
 from pathlib import Path
 
+from .errors import InvalidInput, UserError
+from .files import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 STUDIES = ("01_sample_count", "02_sequence_length", "03_source_domain", "04_seed_variance",
@@ -21,7 +24,7 @@ STUDIES = ("01_sample_count", "02_sequence_length", "03_source_domain", "04_seed
 ORDER = STUDIES + ("00_overview",)
 
 
-class NotebookFailed(RuntimeError):
+class NotebookFailed(UserError, RuntimeError):
     pass
 
 
@@ -32,7 +35,7 @@ def notebook_names(only: list[str] | None = None) -> list[str]:
         return [n for n in order if n in ORDER]
     unknown = [n for n in only if n not in available]
     if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; available: {', '.join(available)}")
+        raise InvalidInput(f"unknown notebook(s) {unknown}; available: {', '.join(available)}")
     return [n for n in order if n in only]
 
 
@@ -41,9 +44,7 @@ def _html(executed: Path) -> Path:
     from nbconvert import HTMLExporter
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     target = executed.with_suffix(".html")
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write_text(target, body)
     return target
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 
 def cache_dir() -> Path:
     """Root of every cache calib_lib writes (models, wheels, calibration sets, results)."""
@@ -17,7 +19,12 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         path = Path(base) / "calib_lib"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        setting = f"CALIB_CACHE={root!r}" if root else f"the default cache {path}"
+        raise UserError(f"{setting} is not a directory (a file stands at {err.filename}); point "
+                        "CALIB_CACHE at a directory, which is created when missing") from err
     return path
 
 

@@ -6,7 +6,6 @@ its own says what it shows. Error bars are bootstrap 95% CIs with a fixed seed (
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,6 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullFormatter
 import seaborn as sns
+
+from .files import atomic_write
 
 ERRORBAR = ("ci", 95)
 SEED = 0
@@ -32,9 +33,8 @@ def save(fig, figures_dir: str | Path, notebook: str, name: str) -> list[Path]:
     paths = []
     for ext, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
         path = figures_dir / f"{notebook}-{name}.{ext}"
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format=ext, metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_write(path) as handle:
+            fig.savefig(handle, format=ext, metadata=metadata)
         paths.append(path)
     return paths
 

@@ -6,6 +6,7 @@ plugin can never silently replace a built-in. Lookups of an unknown name list th
 from __future__ import annotations
 
 from typing import Generic, Iterator, TypeVar
+from .errors import InvalidInput
 
 T = TypeVar("T")
 
@@ -17,7 +18,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, item: T) -> T:
         if name in self._items:
-            raise ValueError(f"{self.what} {name!r} registered twice: {self._items[name]!r} and {item!r}; "
+            raise InvalidInput(f"{self.what} {name!r} registered twice: {self._items[name]!r} and {item!r}; "
                              "choose another name")
         self._items[name] = item
         return item
@@ -28,7 +29,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            raise ValueError(f"unknown {self.what} {name!r}; known: {', '.join(self._items)}")
+            raise InvalidInput(f"unknown {self.what} {name!r}; known: {', '.join(self._items)}")
         return self._items[name]
 
     def find(self, name: str) -> T | None:

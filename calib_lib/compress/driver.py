@@ -11,6 +11,7 @@ import time
 import torch
 
 from ..models.context import context_length
+from ..errors import InvalidInput
 from .blocks import decoder_blocks
 from .methods import METHODS, Method
 from .pipelines import PIPELINES
@@ -19,13 +20,13 @@ from .pipelines import PIPELINES
 def make_method(method: str | Method, **params) -> Method:
     if isinstance(method, Method):
         if params:
-            raise ValueError("pass parameters either in the Method object or as keywords, not both")
+            raise InvalidInput("pass parameters either in the Method object or as keywords, not both")
         return method
     cls = METHODS.get(method)
     try:
         return cls(**params)
     except TypeError as err:
-        raise ValueError(f"{method}: {err}") from err
+        raise InvalidInput(f"{method}: {err}") from err
 
 
 @torch.no_grad()
@@ -42,10 +43,10 @@ def compress(model, method: str | Method, calibration: torch.Tensor | None = Non
     blocks = decoder_blocks(model)
     if pipeline.needs_calibration:
         if calibration is None or calibration.dim() != 2:
-            raise ValueError(f"{method.name} needs calibration data: a LongTensor [num_samples, seq_len]")
+            raise InvalidInput(f"{method.name} needs calibration data: a LongTensor [num_samples, seq_len]")
         limit = context_length(model)
         if limit is not None and calibration.shape[1] > limit:
-            raise ValueError(f"calibration seq_len {calibration.shape[1]} exceeds the model context of {limit}")
+            raise InvalidInput(f"calibration seq_len {calibration.shape[1]} exceeds the model context of {limit}")
     was_training = model.training
     model.eval()
     try:

@@ -14,11 +14,13 @@ import io
 import json
 import re
 import tarfile
+import warnings
 import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InvalidInput
 from ..fetch import PinnedDist, fetch_dist
 from ..paths import mirror_dir
 from .wikimarkup import wiki_to_text
@@ -68,7 +70,7 @@ def split_groups(docs: list[tuple[str, str]], salt: str,
     docs = unique
     groups = sorted({g for g, _ in docs}, key=lambda g: hashlib.sha256(f"{salt}\x00{g}".encode()).hexdigest())
     if len(groups) < 2:
-        raise ValueError(f"{salt}: need at least two document groups to hold one out")
+        raise InvalidInput(f"{salt}: need at least two document groups to hold one out")
     n_heldout = max(1, round(fraction * len(groups)))
     heldout_groups = set(groups[:n_heldout])
     pool = [t for g, t in docs if g not in heldout_groups and t.strip()]
@@ -302,39 +304,114 @@ def hub_forum() -> Corpus:
                   "hub:SetFit/20_newsgroups train (pool) + test (held-out)")
 
 
+def _read_utf8(p: Path) -> str:
+    """The text of a (possibly gzipped) file; bytes that are not UTF-8 are reported by line."""
+    opener = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rb") as handle:
+            raw = handle.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError) as err:            # unreadable, or a damaged .gz
+        raise InvalidInput(f"custom source {p} could not be read: {err}") from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InvalidInput(f"custom source {p}, line {line}: not UTF-8 text (byte {raw[err.start]:#04x} at "
+                           f"offset {err.start}); convert the file to UTF-8") from err
+
+
+_JSON_KINDS = {bool: "true/false", int: "a number", float: "a number", str: "a string", list: "a list",
+               dict: "an object"}
+
+
+def _jsonl_documents(p: Path, text: str, text_field: str) -> tuple[list[str], int]:
+    """(documents, records whose text is null) of a JSON Lines file; anything else is an error."""
+    docs, nulls, records, lacking = [], 0, 0, []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        records += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InvalidInput(f"custom source {p}, line {number}: not valid JSON ({err.msg} at column "
+                               f"{err.colno}); each line must be one JSON object") from err
+        if not isinstance(record, dict):
+            raise InvalidInput(f"custom source {p}, line {number}: {_JSON_KINDS.get(type(record), 'a value')} "
+                               "where a JSON object was expected; each line must be one JSON object")
+        if text_field not in record:
+            lacking.append((number, sorted(record)))
+            continue
+        value = record[text_field]
+        if value is None:
+            nulls += 1
+        elif isinstance(value, str):
+            docs.append(value)
+        else:
+            raise InvalidInput(f"custom source {p}, line {number}: the field {text_field!r} holds "
+                               f"{_JSON_KINDS.get(type(value), 'a value')} ({json.dumps(value)[:40]}), not text; "
+                               "calibration text must be strings")
+    if lacking:
+        number, present = lacking[0]
+        raise InvalidInput(f"{p}: {len(lacking)} of {records} records lack the text field {text_field!r} "
+                           f"(first at line {number}, whose fields are {present}); pass --text-field with one "
+                           "of them")
+    return docs, nulls
+
+
+def _parquet_documents(p: Path, text_field: str) -> tuple[list[str], int]:
+    """(documents, rows whose text is null) of a parquet file's text column."""
+    import pandas as pd
+    try:
+        frame = pd.read_parquet(p)
+    except (OSError, ValueError) as err:          # pyarrow's ArrowInvalid is a ValueError
+        raise InvalidInput(f"custom source {p} could not be read as parquet: {err}") from err
+    if text_field not in frame.columns:
+        raise InvalidInput(f"{p} has no column {text_field!r}; columns: {list(frame.columns)}; pass "
+                           "--text-field with one of them")
+    column = frame[text_field]
+    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+        raise InvalidInput(f"{p}: the column {text_field!r} holds {column.dtype} values, not text; "
+                           "calibration text must be strings")
+    docs, nulls = [], 0
+    for row, value in enumerate(column, 1):
+        if isinstance(value, str):
+            docs.append(value)
+        elif value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            nulls += 1
+        else:
+            raise InvalidInput(f"{p}, row {row}: the column {text_field!r} holds {str(value)[:40]} (type "
+                               f"{type(value).__name__}), not text; calibration text must be strings")
+    return docs, nulls
+
+
 def local_file_documents(path: str, text_field: str = "text") -> list[str]:
-    """Documents of a local .txt (blank-line separated), .jsonl or .parquet file."""
+    """Documents of a local .txt (blank-line separated), .jsonl or .parquet file.
+
+    Only text is accepted: a record whose text field holds a number, a list or an object is an error
+    naming the file and line (or row); null texts are skipped, with a warning that counts them.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"custom source file {p} does not exist")
     suffixes = "".join(p.suffixes[-2:]) if p.suffix == ".gz" else p.suffix
-    try:
-        if suffixes in (".txt", ".txt.gz"):
-            opener = gzip.open if p.suffix == ".gz" else open
-            with opener(p, "rt", encoding="utf-8") as handle:
-                docs = [d.strip() for d in re.split(r"\n\s*\n", handle.read())]
-        elif suffixes in (".jsonl", ".jsonl.gz", ".json"):
-            rows = _read_jsonl(p)
-            missing = [i for i, r in enumerate(rows) if text_field not in r]
-            if missing:
-                raise ValueError(f"{p}: {len(missing)} of {len(rows)} records lack the text field "
-                                 f"{text_field!r} (first at line {missing[0] + 1}); pass --text-field")
-            docs = [str(r[text_field]) for r in rows]
-        elif suffixes == ".parquet":
-            import pandas as pd
-            frame = pd.read_parquet(p)
-            if text_field not in frame.columns:
-                raise ValueError(f"{p} has no column {text_field!r}; columns: {list(frame.columns)}")
-            docs = [str(t) for t in frame[text_field]]
-        else:
-            raise ValueError(f"custom source {p}: use a .txt, .jsonl or .parquet file")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"custom source {p} is not UTF-8 text: {err}") from err
-    except (json.JSONDecodeError, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"custom source {p} could not be read: {err}") from err
+    nulls = 0
+    if suffixes in (".txt", ".txt.gz"):
+        docs = [d.strip() for d in re.split(r"\n\s*\n", _read_utf8(p))]
+    elif suffixes in (".jsonl", ".jsonl.gz", ".json"):
+        docs, nulls = _jsonl_documents(p, _read_utf8(p), text_field)
+    elif suffixes == ".parquet":
+        docs, nulls = _parquet_documents(p, text_field)
+    else:
+        raise InvalidInput(f"custom source {p}: use a .txt, .jsonl or .parquet file")
+    if nulls:
+        warnings.warn(f"custom source {p}: skipped {nulls} record(s) whose {text_field!r} is null", stacklevel=2)
     docs = [d for d in docs if d.strip()]
     if not docs:
-        raise ValueError(f"custom source {p} holds no text")
+        raise InvalidInput(f"custom source {p} holds no text" + (f" ({nulls} null record(s))" if nulls else ""))
+    if len(docs) > 1 and len(set(docs)) == 1:
+        raise InvalidInput(f"custom source {p}: all {len(docs)} documents are identical; calibration needs "
+                           "distinct documents (one group of them is held out)")
     return docs

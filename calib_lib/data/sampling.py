@@ -8,6 +8,7 @@ re-exported here so ``from calib_lib.data.sampling import CalibrationSpec, sampl
 from __future__ import annotations
 
 from ..models.context import context_length
+from ..errors import InvalidInput
 from .setfile import EXPORT_FORMAT, export_set, import_set, is_exported_set
 from .sources import get_source, random_vocab_ids
 from .spec import CalibrationSet, CalibrationSpec, fingerprint
@@ -22,5 +23,5 @@ def sample(spec: CalibrationSpec, tokenizer, model=None, *, progress: bool = Tru
     """Build the calibration set that ``spec`` names, for ``tokenizer`` (and ``model`` for 'self')."""
     context = context_length(model) if model is not None else None
     if context is not None and spec.seq_len > context:
-        raise ValueError(f"seq_len {spec.seq_len} is longer than the model's context of {context} tokens")
+        raise InvalidInput(f"seq_len {spec.seq_len} is longer than the model's context of {context} tokens")
     return get_source(spec.source).build(spec, tokenizer, model, progress=progress)

@@ -4,7 +4,9 @@ Generation starts from the BOS token alone (no prompt) and samples until EOS or 
 full; short generations are concatenated (each from BOS again) to fill ``seq_len``. The temperature
 of step i follows t_i = t_init + (i / n) (t_final - t_init) for i <= n, then t_final. Optionally the
 first token is restricted to English stop words. Generated sets are cached by (model, spec) as
-exported jsonl files, which the ``custom`` source can also import.
+exported jsonl files, which the ``custom`` source can also import. A cached file is checked on every
+read (its token ids against the recorded fingerprint, its spec, shape and tokenizer against the
+request); one that fails is generated again.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..paths import cache_dir
+from ..errors import InvalidInput
+from .setfile import export_set, import_set
+from .spec import CalibrationSet
 from .tokenized import tokenizer_digest
 
 STOP_WORDS = ("the", "a", "an", "in", "on", "it", "this", "that", "i", "we", "he", "she", "they", "there",
@@ -61,7 +66,7 @@ def stop_word_ids(tokenizer) -> list[int]:
             if len(encoded) == 1:
                 ids.append(encoded[0])
     if not ids:
-        raise ValueError("no English stop word is a single token for this tokenizer")
+        raise InvalidInput("no English stop word is a single token for this tokenizer")
     return ids
 
 
@@ -70,7 +75,7 @@ def start_token_id(tokenizer, model) -> int:
                       tokenizer.eos_token_id):
         if candidate is not None:
             return int(candidate)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start generation from")
+    raise InvalidInput("the tokenizer has neither a BOS nor an EOS token to start generation from")
 
 
 def _cache_path(spec, model, tokenizer):
@@ -124,17 +129,31 @@ def generate_rows(model, tokenizer, num_rows: int, seq_len: int, *, seed: int, t
     return torch.tensor(rows, dtype=torch.long)
 
 
-def self_generated_set(spec, model, tokenizer, *, progress: bool = True):
-    from .sampling import CalibrationSet, export_set, import_set
+# What reading a truncated, emptied or altered exported set raises (JSON, UTF-8, fingerprint and
+# tokenizer checks are ValueErrors; a header or row of the wrong JSON type gives the others).
+_DAMAGE = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError)
 
+
+def _cached_set(path, spec, tokenizer):
+    """The set cached at ``path`` if it is intact and is the one ``spec`` asks for, else None."""
+    try:
+        cached = import_set(path, tokenizer)
+    except _DAMAGE:
+        return None
+    if cached.spec.normalized() != spec.normalized() \
+            or tuple(cached.input_ids.shape) != (spec.num_samples, spec.seq_len):
+        return None
+    cached.spec = spec
+    return cached
+
+
+def self_generated_set(spec, model, tokenizer, *, progress: bool = True):
     path = _cache_path(spec, model, tokenizer)
     if path.exists():
-        try:
-            cached = import_set(path, tokenizer)
-            cached.spec = spec
+        cached = _cached_set(path, spec, tokenizer)
+        if cached is not None:
             return cached
-        except (ValueError, KeyError, json.JSONDecodeError):
-            path.unlink(missing_ok=True)      # damaged cache entry: generate again
+        path.unlink(missing_ok=True)          # damaged cache entry: generate again
     started = time.time()
     # Each set index draws its own generations; the seed mixes in set_index so sets differ.
     seed = int(hashlib.sha256(f"self:{spec.seed}:{spec.set_index}".encode()).hexdigest()[:8], 16)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInput
 from .spec import CalibrationSet, CalibrationSpec, fingerprint
 from .tokenized import tokenizer_digest
 
@@ -42,16 +43,26 @@ def is_exported_set(path: str | None) -> bool:
 def import_set(path: str | Path, tokenizer=None) -> CalibrationSet:
     """Read an exported set back: the identical tensor, checked against the recorded fingerprint."""
     path = Path(path).expanduser()
-    with open(path, encoding="utf-8") as handle:
-        header = json.loads(handle.readline())
-        rows = [json.loads(line)["input_ids"] for line in handle if line.strip()]
-    if header.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path} is not an exported calibration set")
-    ids = torch.tensor(rows, dtype=torch.long)
-    if fingerprint(ids) != header["fingerprint"]:
-        raise ValueError(f"{path}: token ids do not match the recorded fingerprint (file edited or damaged)")
+    line_no = 1
+    try:
+        with open(path, encoding="utf-8") as handle:
+            header = json.loads(handle.readline())
+            rows = []
+            for line_no, line in enumerate(handle, start=2):
+                if line.strip():
+                    rows.append(json.loads(line)["input_ids"])
+        if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+            raise InvalidInput(f"{path} is not an exported calibration set")
+        ids = torch.tensor(rows, dtype=torch.long)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        if isinstance(err, InvalidInput):
+            raise
+        raise InvalidInput(f"{path}, line {line_no}: not a readable exported calibration set ({type(err).__name__}: "
+                           f"{err}); export it again with `calib data sample --out`") from err
+    if fingerprint(ids) != header.get("fingerprint"):
+        raise InvalidInput(f"{path}: token ids do not match the recorded fingerprint (file edited or damaged)")
     if tokenizer is not None and header.get("tokenizer_digest") not in (None, tokenizer_digest(tokenizer)):
-        raise ValueError(f"{path} was tokenized with a different tokenizer than the model's; its ids "
+        raise InvalidInput(f"{path} was tokenized with a different tokenizer than the model's; its ids "
                          "would mean different text. Re-sample it for this model.")
     spec = CalibrationSpec.from_dict(header["spec"])
     windows = [tuple(w) for w in header.get("windows", [])]

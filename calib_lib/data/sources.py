@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import FieldError
+from ..errors import FieldError, InvalidInput, Unavailable
 from ..net import hub_reachable
 from . import corpora
 from .corpora import Corpus, local_file_documents, mirror_reason, split_groups, with_digest
@@ -53,7 +53,7 @@ def hub(load) -> Backend:
     return Backend("hub", load, lambda: None if hub_reachable() else "the Hugging Face hub is not reachable")
 
 
-class SourceUnavailableError(RuntimeError):
+class SourceUnavailableError(Unavailable):
     pass
 
 
@@ -82,7 +82,7 @@ class Source:
         raise NotImplementedError
 
     def corpus(self) -> Corpus:
-        raise ValueError(f"source {self.id!r} is synthetic and has no corpus")
+        raise InvalidInput(f"source {self.id!r} is synthetic and has no corpus")
 
     def result(self, spec, tokenizer, ids, origin: str, windows=(), started: float | None = None) -> CalibrationSet:
         """Wrap token ids (a tensor or a list of equal-length rows) as the set of ``spec``."""
@@ -163,7 +163,7 @@ class CustomSource(PoolSource):
             return super().build(spec, tokenizer, model, progress=progress)
         result = import_set(spec.path, tokenizer)
         if tuple(result.input_ids.shape) != (spec.num_samples, spec.seq_len):
-            raise ValueError(f"{spec.path} holds a set of shape {tuple(result.input_ids.shape)}, but the "
+            raise InvalidInput(f"{spec.path} holds a set of shape {tuple(result.input_ids.shape)}, but the "
                              f"spec asks for ({spec.num_samples}, {spec.seq_len})")
         result.spec = spec
         return result
@@ -176,7 +176,7 @@ def _hub_documents(dataset_id: str, text_field: str) -> list[str]:
     from datasets import load_dataset
     data = load_dataset(dataset_id, split="train")
     if text_field not in data.column_names:
-        raise ValueError(f"dataset {dataset_id} has no field {text_field!r}; fields: {data.column_names}")
+        raise InvalidInput(f"dataset {dataset_id} has no field {text_field!r}; fields: {data.column_names}")
     return [t for t in data[text_field] if isinstance(t, str) and t.strip()]
 
 
@@ -221,7 +221,7 @@ class SelfSource(Source):
 
     def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
         if model is None:
-            raise ValueError("source 'self' generates text with the model: pass model=")
+            raise InvalidInput("source 'self' generates text with the model: pass model=")
         from .selfgen import self_generated_set
         return self_generated_set(spec, model, tokenizer, progress=progress)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from ..errors import FieldError
+from ..errors import FieldError, InvalidInput
 from .registry import SOURCES, STRATEGIES
 
 
@@ -78,7 +78,7 @@ class CalibrationSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown calibration field(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise InvalidInput(f"unknown calibration field(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**data)
 
 

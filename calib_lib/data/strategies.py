@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InvalidInput
 from .registry import STRATEGIES
 from .tokenized import TokenizedDocs
 
@@ -24,7 +25,7 @@ def seeded_rng(seed: int, *keys) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *(zlib.crc32(str(k).encode()) for k in keys)]))
 
 
-class NotEnoughDataError(ValueError):
+class NotEnoughDataError(InvalidInput):
     pass
 
 

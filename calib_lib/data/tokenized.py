@@ -1,14 +1,18 @@
-"""Tokenize a corpus pool once per (corpus, tokenizer) and cache it as flat arrays on disk."""
+"""Tokenize a corpus pool once per (corpus, tokenizer) and cache it as flat arrays on disk.
+
+A cache entry is an ``.npz`` file holding the arrays and a sha256 of their bytes. It is written
+atomically and checked on every read; an entry that is truncated, emptied, altered or from an older
+layout is deleted and rebuilt, never used.
+"""
 from __future__ import annotations
 
 import hashlib
-import io
-import os
-import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
 from ..paths import cache_dir
 
 
@@ -35,18 +39,37 @@ class TokenizedDocs:
         return self.ids[self.offsets[i]:self.offsets[i + 1]]
 
 
-def _atomic_save_npz(path: Path, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class DamagedCacheEntry(Exception):
+    """A cache file that cannot be trusted; the caller deletes it and builds the entry again."""
+
+
+def _arrays_digest(ids: np.ndarray, offsets: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for array in (ids, offsets):
+        h.update(np.ascontiguousarray(array, dtype="<i8").tobytes())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def save_tokenized(path: Path, docs: TokenizedDocs) -> None:
+    with atomic_write(path) as handle:
+        np.savez(handle, ids=docs.ids, offsets=docs.offsets, sha256=np.array(_arrays_digest(docs.ids, docs.offsets)))
+
+
+def load_tokenized(path: Path) -> TokenizedDocs:
+    """The arrays of a cache entry, after checking their digest; DamagedCacheEntry when they fail it."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with np.load(path) as data:     # allow_pickle stays False: a damaged file cannot run code
+            ids, offsets, recorded = data["ids"], data["offsets"], str(data["sha256"])
+    # What np.load and zipfile raise for truncated, emptied or altered files (found by flipping every
+    # byte of an entry: altered flag bits give NotImplementedError and RuntimeError).
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as err:
+        raise DamagedCacheEntry(f"{path}: {type(err).__name__}: {err}") from err
+    if ids.dtype != np.int64 or offsets.dtype != np.int64 or ids.ndim != 1 or offsets.ndim != 1:
+        raise DamagedCacheEntry(f"{path}: arrays of unexpected type")
+    if _arrays_digest(ids, offsets) != recorded:
+        raise DamagedCacheEntry(f"{path}: content does not match its recorded sha256")
+    return TokenizedDocs(ids, offsets)
 
 
 def tokenize_documents(docs: list[str], tokenizer, cache_key: str | None = None,
@@ -57,10 +80,9 @@ def tokenize_documents(docs: list[str], tokenizer, cache_key: str | None = None,
         path = cache_dir() / "tokenized" / f"{cache_key}-{tokenizer_digest(tokenizer)[:16]}.npz"
         if path.exists():
             try:
-                with np.load(path) as data:
-                    return TokenizedDocs(data["ids"], data["offsets"])
-            except (OSError, ValueError, KeyError):
-                path.unlink(missing_ok=True)     # unreadable cache: rebuild below
+                return load_tokenized(path)
+            except DamagedCacheEntry:
+                path.unlink(missing_ok=True)     # rebuilt below
     from transformers.utils import logging as hf_logging
 
     pieces, offsets = [], [0]
@@ -76,5 +98,5 @@ def tokenize_documents(docs: list[str], tokenizer, cache_key: str | None = None,
     flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
     result = TokenizedDocs(flat, np.asarray(offsets, dtype=np.int64))
     if path is not None:
-        _atomic_save_npz(path, ids=result.ids, offsets=result.offsets)
+        save_tokenized(path, result)
     return result

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..models.context import context_length
+from ..errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -31,15 +32,15 @@ class PerplexityResult:
 def make_windows(token_ids: torch.Tensor, seq_len: int, num_windows: int | None = None) -> torch.Tensor:
     """Cut a 1-D token stream into ``[n, seq_len]`` non-overlapping windows (the tail is dropped)."""
     if token_ids.dim() != 1:
-        raise ValueError("token_ids must be a 1-D stream of token ids")
+        raise InvalidInput("token_ids must be a 1-D stream of token ids")
     if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+        raise InvalidInput(f"seq_len must be at least 2, got {seq_len}")
     available = token_ids.numel() // seq_len
     if available == 0:
-        raise ValueError(f"the text has {token_ids.numel()} tokens, fewer than one window of {seq_len}")
+        raise InvalidInput(f"the text has {token_ids.numel()} tokens, fewer than one window of {seq_len}")
     n = available if num_windows is None else num_windows
     if n > available:
-        raise ValueError(f"asked for {n} windows of {seq_len} tokens but the text holds only "
+        raise InvalidInput(f"asked for {n} windows of {seq_len} tokens but the text holds only "
                          f"{available}; lower num_windows or seq_len")
     return token_ids[: n * seq_len].view(n, seq_len)
 
@@ -58,7 +59,7 @@ def perplexity(model, windows: torch.Tensor, batch_size: int | None = None,
     n, seq_len = windows.shape
     limit = context_length(model)
     if limit is not None and seq_len > limit:
-        raise ValueError(f"window of {seq_len} tokens is longer than the model's context of {limit}")
+        raise InvalidInput(f"window of {seq_len} tokens is longer than the model's context of {limit}")
     batch_size = batch_size or _default_batch_size(model, seq_len)
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0

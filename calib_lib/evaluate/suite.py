@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..models.context import context_length
+from ..errors import InvalidInput
 from .perplexity import make_windows, perplexity
 from .tasks import TASKS, TaskUnavailableError, run_tasks, task_available
 
@@ -52,7 +53,7 @@ def get_suite(suite: str | Suite | dict) -> Suite:
     if isinstance(suite, dict):
         return Suite(**suite)
     if suite not in SUITES:
-        raise ValueError(f"unknown evaluation suite {suite!r}; known: {', '.join(SUITES)}")
+        raise InvalidInput(f"unknown evaluation suite {suite!r}; known: {', '.join(SUITES)}")
     return SUITES[suite]
 
 
@@ -81,19 +82,19 @@ def plan(model, suite: Suite) -> tuple[list[str], list[str], list[dict]]:
     from ..data import get_source
     limit = context_length(model)
     if limit is not None and suite.ppl_seq_len > limit:
-        raise ValueError(f"suite {suite.name!r} scores windows of {suite.ppl_seq_len} tokens, longer than "
+        raise InvalidInput(f"suite {suite.name!r} scores windows of {suite.ppl_seq_len} tokens, longer than "
                          f"the model's context of {limit}")
     texts = [_resolve_text(t) for t in suite.ppl_texts]
     for text_id in texts:
         source = get_source(text_id)
         if source.synthetic:
-            raise ValueError(f"{text_id!r} has no held-out text to score")
+            raise InvalidInput(f"{text_id!r} has no held-out text to score")
         ok, how = source.availability()
         if not ok:
             raise TaskUnavailableError(f"perplexity text {text_id!r} is unavailable here: {how}")
     unknown = [t for t in suite.tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise InvalidInput(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     tasks, skipped = [], []
     for task in suite.tasks:
         ok, how = task_available(task)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..paths import mirror_dir
+from ..errors import InvalidInput, Unavailable
 
 # -- document functions (module level: lm-eval calls them per document) ---------------------------
 
@@ -127,7 +128,7 @@ TASKS = tuple(REGISTRY)
 MIRROR_FILES = {name: task.mirror_file for name, task in REGISTRY.items()}
 
 
-class TaskUnavailableError(RuntimeError):
+class TaskUnavailableError(Unavailable):
     pass
 
 
@@ -145,7 +146,7 @@ def _seeded_subset(limit: int | None, seed: int, inner=None):
 
 def offline_config(task: str, limit: int | None = None, seed: int = 1234) -> dict:
     if task not in REGISTRY:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        raise InvalidInput(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     root = mirror_dir()
     if root is None or not (root / MIRROR_FILES[task]).is_file():
         raise TaskUnavailableError(
@@ -216,7 +217,7 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed
 
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+        raise InvalidInput(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     configs = []
     for task in tasks:
         ok, how = task_available(task)

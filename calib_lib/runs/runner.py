@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import torch
 
+from ..errors import Unavailable
 from .spec import RunSpec
 
 _MODELS: dict[tuple[str, str], tuple] = {}
@@ -24,7 +25,7 @@ def run_device() -> str:
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"CALIB_DEVICE={wanted} but torch sees no GPU here; unset it or use cpu")
+        raise Unavailable(f"CALIB_DEVICE={wanted} but torch sees no GPU here; unset it or use cpu")
     return wanted
 
 

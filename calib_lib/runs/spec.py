@@ -20,12 +20,12 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 
-from ..errors import FieldError
+from ..errors import FieldError, InvalidInput
 
 TOP_LEVEL = {"model", "method", "calibration", "eval", "dtype", "batch_size"}
 
 
-class SpecError(ValueError):
+class SpecError(InvalidInput):
     def __init__(self, path: str, message: str):
         super().__init__(f"{path}: {message}")
         self.path = path

@@ -5,13 +5,34 @@ whole or not at all, whatever kills the process), the primary key on the run key
 impossible, and concurrent writers are serialised by SQLite's file lock (WAL mode lets readers go on
 while a run is written). Parquet files would need atomic renames and compaction for every append, and
 DuckDB allows only one writing process at a time.
+
+Concurrent sweeps of one store split the work: a sweep claims a run (a row in ``leases`` with its
+process id, host and a heartbeat it renews every ``HEARTBEAT_S``) before computing it, and other
+sweeps leave claimed runs alone. A claim whose process is gone (checked on the same host) or whose
+heartbeat is older than ``LEASE_STALE_S`` is taken over.
+
+A read-only store (``Store(path, read_only=True)``) never creates or changes a file, and SQLite's
+anticipated failures (not a database, damaged pages, an unwritable folder, a lock held too long) are
+raised as ``StoreError`` naming the store and the fix.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
 import sqlite3
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import StoreError
+from ..files import HOST, owner_tag, process_alive
+from .migrate import check_key_scheme
+
+HEARTBEAT_S = 30.0          # a sweep renews its claims this often ...
+LEASE_STALE_S = 600.0       # ... and a claim not renewed for this long belongs to a dead or hung sweep
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -22,35 +43,192 @@ CREATE TABLE IF NOT EXISTS runs (
     record     TEXT NOT NULL,
     finished   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS leases (
+    key        TEXT PRIMARY KEY,       -- a run that a sweep is computing now
+    owner      TEXT NOT NULL,          -- that sweep: pid@host~token
+    pid        INTEGER NOT NULL,
+    host       TEXT NOT NULL,
+    heartbeat  REAL NOT NULL           -- renewed every HEARTBEAT_S while the sweep lives
+);
 """
+
+# SQLite primary result codes of failures the user can fix -> what to tell them. Any other code
+# (a syntax error, a constraint) is a bug in calib_lib and keeps its traceback.
+_FAULTS = {
+    3: "permission denied: make the store and its folder writable, or choose another --store",
+    5: "it stayed locked by another process for 60 s: retry when that process is done",
+    6: "it stayed locked by another process for 60 s: retry when that process is done",
+    8: "it cannot be written: make the store and its folder writable, or choose another --store",
+    10: "I/O error: check that the path is a file and the disk is healthy",
+    11: "the file is damaged: restore it from a copy or version control (git checkout -- PATH), or move "
+        "it away to start a new store",
+    13: "the disk is full: free space and rerun",
+    14: "it cannot be opened: its folder must exist and be writable, and the path must be a file; choose "
+        "another --store",
+    23: "permission denied: make the store and its folder writable, or choose another --store",
+    26: "it is not a results store (not an SQLite database): check --store, or move the file away to "
+        "start a new store there",
+}
+
+# Claimants of sweeps running in this process: a lease carrying this process's pid is alive only
+# while its sweep is (an interrupted sweep of an earlier call left nothing running).
+_LIVE_OWNERS: set[str] = set()
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """One sweep, as recorded in the leases it holds."""
+
+    owner: str
+    pid: int
+    host: str
+
+
+def _lease_alive(owner: str, pid: int, host: str, heartbeat: float) -> bool:
+    if time.time() - heartbeat > LEASE_STALE_S:
+        return False
+    if pid == os.getpid() and host == HOST:
+        return owner in _LIVE_OWNERS
+    return process_alive(pid, host) is not False       # on another host, the heartbeat decides
 
 
 class Store:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, read_only: bool = False):
+        """Open the store at ``path``; unless ``read_only``, create it (and its folder) when missing.
+
+        A read-only store refuses a missing path instead of creating one, and leaves no file behind.
+        """
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                what = "is a directory" if self.path.is_dir() else "does not exist"
+                raise StoreError(f"no results store at {self.path}: the path {what}. Check --store "
+                                 "(reading a store never creates one)")
+            with self._connect() as db:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is None:
+                    raise StoreError(f"{self.path} is an SQLite file but not a results store (it has no "
+                                     "runs table); check --store")
+                self._check_pages(db)
+                check_key_scheme(db, self.path, writable=False)
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the folder of the results store {self.path}: {err.strerror} "
+                             f"({err.filename}); choose a --store in a writable folder") from err
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            self._check_pages(db)
+            check_key_scheme(db, self.path, writable=True)     # old code-digest keys: refused with the fix
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=60000")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+    def _check_pages(self, db) -> None:
+        """Find damaged pages on opening (one quick read of the file), not when a query happens to touch
+        one, or when a sweep cannot record the run it has just computed."""
+        verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise StoreError(f"results store {self.path}: {_FAULTS[11].replace('PATH', str(self.path))} "
+                             f"(SQLite: {verdict})")
+
+    @contextlib.contextmanager
+    def _connect(self):
+        """A connection that is closed afterwards; anticipated SQLite failures become StoreError."""
+        try:
+            if self.read_only:
+                # Without a -wal file no writer is active (a sweep keeps one open while it runs): open
+                # the file as immutable, which creates no -wal/-shm files (a mode=ro connection would
+                # create both and could not remove them). With one, read through it in mode=ro, with
+                # SQLite's locks; those files exist already.
+                flag = "mode=ro" if Path(f"{self.path}-wal").exists() else "immutable=1"
+                db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flag}", uri=True, timeout=60,
+                                     isolation_level=None)
+            else:
+                db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=60000")
+                if not self.read_only:
+                    db.execute("PRAGMA synchronous=FULL")
+                yield db
+            finally:
+                db.close()               # also rolls back a transaction an exception left open
+        except sqlite3.DatabaseError as err:
+            fault = _FAULTS.get(getattr(err, "sqlite_errorcode", 0) & 0xFF)
+            if fault is None:
+                raise
+            raise StoreError(f"results store {self.path}: {fault.replace('PATH', str(self.path))} "
+                             f"(SQLite: {err})") from err
 
     def put(self, key: str, status: str, label: str, spec: dict, record: dict) -> None:
-        """Write one run in a single transaction. A done run is never replaced by a failed one."""
+        """Write one run in a single transaction and release its lease. A done run is never replaced
+        by a failed one."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
-            if row and row[0] == "done":
-                db.execute("ROLLBACK")
-                return
-            db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                       (key, status, label, json.dumps(spec, sort_keys=True),
-                        json.dumps(record, default=str), time.time()))
+            if not (row and row[0] == "done"):
+                db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+                           (key, status, label, json.dumps(spec, sort_keys=True),
+                            json.dumps(record, default=str), time.time()))
+            db.execute("DELETE FROM leases WHERE key = ?", (key,))     # settled: nobody needs to hold it
             db.execute("COMMIT")
+
+    # -- leases: concurrent sweeps split the work ------------------------------------------------
+
+    @contextlib.contextmanager
+    def claimant(self):
+        """A ``Claimant`` for one sweep, whose leases a background thread renews; on exit the leases
+        it still holds are released."""
+        me = Claimant(f"{owner_tag()}~{secrets.token_hex(4)}", os.getpid(), HOST)
+        with self._connect() as keeper:
+            # SQLite deletes the -wal file when the last connection that has read the store closes. One
+            # held open for the whole sweep keeps it in place, so a read-only reader sees that a writer
+            # is active and reads through SQLite's locks instead of opening the file as immutable.
+            keeper.execute("SELECT COUNT(*) FROM leases").fetchone()
+            _LIVE_OWNERS.add(me.owner)
+            stop = threading.Event()
+            beat = threading.Thread(target=self._heartbeat, args=(me, stop), daemon=True,
+                                    name="calib-lease-heartbeat")
+            beat.start()
+            try:
+                yield me
+            finally:
+                stop.set()
+                beat.join()
+                _LIVE_OWNERS.discard(me.owner)
+                try:
+                    with self._connect() as db:
+                        db.execute("DELETE FROM leases WHERE owner = ?", (me.owner,))
+                except StoreError:
+                    pass      # do not hide what ended the sweep; the leases lapse with this process anyway
+
+    def _heartbeat(self, me: Claimant, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                with self._connect() as db:
+                    db.execute("UPDATE leases SET heartbeat = ? WHERE owner = ?", (time.time(), me.owner))
+            except StoreError:
+                pass      # a missed beat is retried at the next; only LEASE_STALE_S without one loses a lease
+
+    def claim(self, key: str, me: Claimant, since: float) -> str:
+        """Claim run ``key`` for ``me`` unless it is settled or another live sweep holds it.
+
+        Returns "claimed"; "done", or "failed" for a failure recorded at or after ``since`` (an older
+        failure is retried); "busy" while another sweep holds a live lease on it.
+        """
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT status, finished FROM runs WHERE key = ?", (key,)).fetchone()
+            if row and (row[0] == "done" or row[1] >= since):
+                db.execute("ROLLBACK")
+                return row[0]
+            lease = db.execute("SELECT owner, pid, host, heartbeat FROM leases WHERE key = ?", (key,)).fetchone()
+            if lease and lease[0] != me.owner and _lease_alive(*lease):
+                db.execute("ROLLBACK")
+                return "busy"
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                       (key, me.owner, me.pid, me.host, time.time()))
+            db.execute("COMMIT")
+        return "claimed"
 
     def status(self, keys: list[str]) -> dict[str, str]:
         with self._connect() as db:

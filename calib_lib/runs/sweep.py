@@ -8,20 +8,53 @@
 
 Runs already done in the store are skipped, so an interrupted sweep rerun finishes only the missing
 runs. Only the driver writes the store; with Ray each run is a task and its record comes back to it.
+Sweeps of one store running at the same time split the work: each run is claimed in the store before
+it is computed (see ``store.py``), and a sweep waits for the runs another one is computing.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import os
+import time
 import traceback
 from pathlib import Path
 
 import yaml
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInput
 from .spec import RunSpec, SpecError, parse_spec
 from .store import Store
+
+WAIT_POLL_S = 5.0        # how often a sweep looks again at runs that another sweep is computing
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, which plain YAML resolves silently
+    (the last one wins) and which in a spec is almost always an editing mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:           # before merge keys (<<) are expanded: overriding is fine
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _DuplicateKey(key, line, first_line[key])
+                first_line[key] = line
+            except TypeError:                     # an unhashable key: the base class reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -29,11 +62,14 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise InvalidInput(f"{path}, line {err.line}: the key {err.key!r} appears twice in one mapping (first "
+                           f"on line {err.first}); YAML would keep only the last, so remove one") from err
     except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
+        raise InvalidInput(f"{path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping")
+        raise InvalidInput(f"{path} must hold a mapping")
     return data
 
 
@@ -93,19 +129,54 @@ def _failure(err: BaseException) -> dict:
 
 def run_specs(specs: list[RunSpec], store: Store, backend: str = "local", address: str | None = None,
               progress: bool = True, num_cpus: int | None = None) -> dict:
-    """Run every spec not yet done; return counts of what happened."""
+    """Run every spec not yet done; return counts of what happened.
+
+    Each run is claimed in the store before it is computed. Runs that another sweep of the same store
+    is computing are waited for, and taken over if that sweep dies, so when this returns every spec is
+    settled; those finished by the other sweep count as cached (or failed).
+    """
+    if backend not in ("local", "ray"):
+        raise InvalidInput(f"unknown backend {backend!r}; use local or ray")
+    started = time.time()
     pending = status(specs, store)
     todo = pending["pending"] + pending["failed"]
     summary = {"total": len(specs), "cached": len(pending["done"]), "done": 0, "failed": 0}
     if not todo:
         return summary
-    if backend == "local":
-        _run_local(todo, store, progress, summary)
-    elif backend == "ray":
-        _run_ray(todo, store, address, progress, summary, num_cpus)
-    else:
-        raise ValueError(f"unknown backend {backend!r}; use local or ray")
+    with store.claimant() as me, tqdm(total=len(todo), desc="runs" if backend == "local" else "runs (ray)",
+                                      disable=not progress) as bar:
+        if backend == "local":
+            _run_local(_claimed(todo, store, me, started, summary, bar, batch=1), store, summary, bar)
+        else:
+            # Ray queues every claimed run at once; other sweeps take what is left or was given up.
+            _run_ray(_claimed(todo, store, me, started, summary, bar, batch=None), store, address, summary,
+                     bar, num_cpus)
     return summary
+
+
+def _claimed(todo, store: Store, me, since: float, summary: dict, bar, batch: int | None):
+    """Claim the runs of ``todo`` in turn; yield them in lists of at most ``batch`` (None: every run
+    that can be claimed now). A run another live sweep holds is looked at again every WAIT_POLL_S,
+    until that sweep records it or dies (then it is claimed here)."""
+    queue, waiting = collections.deque(todo), []
+    while queue or waiting:
+        if not queue:
+            bar.set_postfix_str(f"waiting for {len(waiting)} run(s) another sweep is computing")
+            time.sleep(WAIT_POLL_S)
+            queue, waiting = collections.deque(waiting), []
+        mine = []
+        while queue and (batch is None or len(mine) < batch):
+            spec = queue.popleft()
+            outcome = store.claim(spec.key, me, since)
+            if outcome == "claimed":
+                mine.append(spec)
+            elif outcome == "busy":
+                waiting.append(spec)
+            else:                                         # recorded by another sweep meanwhile
+                summary["cached" if outcome == "done" else "failed"] += 1
+                bar.update()
+        if mine:
+            yield mine
 
 
 def _record(store: Store, spec: RunSpec, record: dict | None, error: dict | None, summary: dict) -> None:
@@ -117,14 +188,16 @@ def _record(store: Store, spec: RunSpec, record: dict | None, error: dict | None
         summary["failed"] += 1
 
 
-def _run_local(todo, store, progress, summary):
+def _run_local(batches, store, summary, bar):
     from .runner import execute
-    for spec in tqdm(todo, desc="runs", disable=not progress):
-        try:
-            record, error = execute(spec), None
-        except Exception as err:                      # recorded, and the sweep goes on
-            record, error = None, _failure(err)
-        _record(store, spec, record, error, summary)
+    for batch in batches:
+        for spec in batch:
+            try:
+                record, error = execute(spec), None
+            except Exception as err:                  # recorded, and the sweep goes on
+                record, error = None, _failure(err)
+            _record(store, spec, record, error, summary)
+            bar.update()
 
 
 def _remote_execute(spec_data: dict, threads: int):
@@ -142,7 +215,7 @@ def _remote_execute(spec_data: dict, threads: int):
         return None, _failure(err)
 
 
-def _run_ray(todo, store, address, progress, summary, num_cpus):
+def _run_ray(batches, store, address, summary, bar, num_cpus):
     import ray
     passthrough = {k: v for k, v in os.environ.items()
                    if k.startswith(("CALIB_", "HF_", "TRANSFORMERS_", "TOKENIZERS_"))}
@@ -156,18 +229,17 @@ def _run_ray(todo, store, address, progress, summary, num_cpus):
         # Reserve the CPUs the task will use, but never more than a node has (it would never start).
         largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
         task = ray.remote(num_cpus=max(1, min(threads, int(largest))))(_remote_execute)
-        futures = {task.remote(_spec_dict(spec), threads): spec for spec in todo}
-        bar = tqdm(total=len(futures), desc="runs (ray)", disable=not progress)
-        while futures:
-            ready, _ = ray.wait(list(futures), num_returns=1)
-            spec = futures.pop(ready[0])
-            try:
-                record, error = ray.get(ready[0])
-            except Exception as err:                  # the worker died
-                record, error = None, _failure(err)
-            _record(store, spec, record, error, summary)   # only the driver writes
-            bar.update()
-        bar.close()
+        for batch in batches:
+            futures = {task.remote(_spec_dict(spec), threads): spec for spec in batch}
+            while futures:
+                ready, _ = ray.wait(list(futures), num_returns=1)
+                spec = futures.pop(ready[0])
+                try:
+                    record, error = ray.get(ready[0])
+                except Exception as err:              # the worker died
+                    record, error = None, _failure(err)
+                _record(store, spec, record, error, summary)   # only the driver writes
+                bar.update()
     finally:
         if started_here:
             ray.shutdown()

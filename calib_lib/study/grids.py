@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..runs.spec import RunSpec, parse_spec
 from ..runs.store import Store
+from ..errors import RunsFailed
 from .labels import method_label
 from .profiles import Profile, resolve_sources
 from .tables import wide
@@ -134,6 +135,6 @@ def run(grid: StudyGrid, store: Store, backend: str | None = None, progress: boo
     failed = status(grid.specs, store)["failed"]
     if failed:
         first = store.get(failed[0].key)
-        raise RuntimeError(f"{len(failed)} run(s) of grid {grid.name!r} failed; first: {str(first.get('error')).rstrip('.')}. "
+        raise RunsFailed(f"{len(failed)} run(s) of grid {grid.name!r} failed; first: {str(first.get('error')).rstrip('.')}. "
                            f"Fix the cause and re-run: finished runs are kept in {store.path}.")
     return summary

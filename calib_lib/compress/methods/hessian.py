@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import Unsupported
 from .base import LayerCompressor
 
 
@@ -81,4 +82,4 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float, max_retries: int = 6) -> 
             if torch.isfinite(U).all():
                 return U, {"damping": damp_frac, "damping_retries": attempt}
         damp_frac = max(damp_frac * 10, 1e-4)
-    raise RuntimeError(f"the Hessian is not positive definite even with damping {damp_frac / 10:g} x mean diag")
+    raise Unsupported(f"the Hessian is not positive definite even with damping {damp_frac / 10:g} x mean diag")
