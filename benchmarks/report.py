@@ -6,19 +6,14 @@ import json
 import sys
 
 
-def fmt_params(params: dict) -> str:
-    order = " (block order)" if params.get("sequential") == "block" else ""
-    return _setting(params) + order
-
-
-def _setting(params: dict) -> str:
-    if "n" in params:
-        return f"{params['n']}:{params['m']}"
-    if "sparsity" in params:
-        return f"{params['sparsity']:.0%}"
-    if "bits" in params:
-        return f"{params['bits']}-bit g{params['group_size']}"
-    return ""
+def fmt_params(method: str, params: dict) -> str:
+    """The method's own label without its name ('50%', '3-bit g128 (layer order)'). Records written before
+    2026-11-25 hold only the parameters given on the command line: their order is the file's (see RESULTS.md)."""
+    from calib_lib.compress import METHODS
+    if method not in METHODS:
+        return ""
+    label = METHODS[method](**params).label()
+    return label[len(method) + 1:]
 
 
 def main(paths):
@@ -30,7 +25,7 @@ def main(paths):
             cell = lambda k, f="{}": f.format(r[k]) if r.get(k) is not None else "-"
             ppl = f"{r['perplexity']:.2f}" if "perplexity" in r else "-"
             text = f"{r['eval_text']} ({r['scored_tokens']})" if "eval_text" in r else "-"
-            print(f"| {r['method']} | {fmt_params(r['params'])} | {cell('compress_seconds')} | "
+            print(f"| {r['method']} | {fmt_params(r['method'], r['params'])} | {cell('compress_seconds')} | "
                   f"{cell('unit_seconds')} | {cell('ratio')} | {cell('rss_before_mib')} / {cell('compress_peak_rss_mib')} | {cell('peak_rss_mib')} | {ppl} | {text} |")
 
 

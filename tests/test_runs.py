@@ -14,7 +14,9 @@ import yaml
 from calib_lib.runs import SpecError, Store, expand_grid, parse_spec, run_specs, status
 from conftest import REPO
 
-PINNED_KEYS = {"wanda": "271ad721d9a06423f8b9c73f39564f57", "dense": "7e02dd93838364875b40650ebd0a387a"}
+# wanda-layer: the key of a run stored before the default order became "block"; naming the order keeps it.
+PINNED_KEYS = {"wanda": "a352ef1c712dc0d90531b1cb1bab2d9e", "wanda-layer": "271ad721d9a06423f8b9c73f39564f57",
+               "dense": "7e02dd93838364875b40650ebd0a387a"}
 
 TINY_EVAL = {"ppl_texts": ["news"], "ppl_windows": 2, "ppl_seq_len": 32}
 BASE = {"model": "tiny-llama", "eval": TINY_EVAL, "calibration": {"num_samples": 4, "seq_len": 32}}
@@ -97,6 +99,11 @@ def test_keys_survive_refactors():
     """Keys depend on the spec and the component versions only: these literals hold until a version or
     the spec format changes (then every store needs the migration of runs/migrate.py)."""
     assert spec().key == PINNED_KEYS["wanda"]
+    assert spec(method={"name": "wanda", "sparsity": 0.5, "sequential": "layer"}).key == PINNED_KEYS["wanda-layer"]
+    # an option added later enters the key only when set (so adding it kept every stored GPTQ run)
+    gptq = {"name": "gptq", "bits": 3}
+    assert spec(method={**gptq, "group_grid": "updated"}).key == spec(method=gptq).key
+    assert spec(method={**gptq, "group_grid": "reference"}).key != spec(method=gptq).key
     assert parse_spec({"model": "smollm2-135m", "method": "dense", "eval": "quick"}).key == PINNED_KEYS["dense"]
     assert spec(method={"name": "gptq", "bits": 3}).versions() == {
         "model_loading": 1, "evaluation": 1, "method": 1, "pipeline": 1, "source": 1, "strategy": 1}

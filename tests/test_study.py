@@ -65,8 +65,10 @@ def test_method_labels():
     assert study.method_label({"name": "wanda", "sparsity": 0.5}) == "wanda 50%"
     assert study.method_label({"name": "sparsegpt", "sparsity": 0.5, "n": 2, "m": 4}) == "sparsegpt 2:4"
     assert study.method_label({"name": "gptq", "bits": 3.0, "group_size": 128.0}) == "gptq 3-bit g128"
-    assert study.method_label({"name": "gptq", "bits": 3, "sequential": "layer"}) == "gptq 3-bit g128"
-    assert study.method_label({"name": "wanda", "sparsity": 0.5, "sequential": "block"}) == "wanda 50% (block order)"
+    # the published order (block) goes unnamed; the layer order is a variant, named wherever it is used
+    assert study.method_label({"name": "gptq", "bits": 3, "sequential": "layer"}) == "gptq 3-bit g128 (layer order)"
+    assert study.method_label({"name": "wanda", "sparsity": 0.5, "sequential": "block"}) == "wanda 50%"
+    assert study.method_label({"name": "gptq", "bits": 4, "group_size": -1}) == "gptq 4-bit per-channel"
     assert study.method_family("awq") == "quantization" and study.method_family("wanda") == "pruning"
 
 

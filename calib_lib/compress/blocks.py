@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from ..errors import InvalidInput
 
 
 class StopForward(Exception):
@@ -19,22 +20,46 @@ class StopForward(Exception):
 
 
 def decoder_blocks(model) -> nn.ModuleList:
-    """The ModuleList of decoder blocks (the one whose length is the config's num_hidden_layers)."""
+    """The model's decoder blocks: the ``layers`` of its decoder when the model has ``get_decoder()`` (the
+    Llama, Gemma, Mistral, Qwen, OPT, GPT-NeoX families), else the one ModuleList whose length is the config's
+    num_hidden_layers. Several such lists (a vision tower of the same depth, say) are refused, not guessed."""
     n = getattr(model.config, "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and n:
-            return module
-    raise ValueError(f"could not find the decoder blocks of {type(model).__name__}: no ModuleList of "
-                     f"num_hidden_layers={n} modules")
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        try:
+            layers = getattr(get_decoder(), "layers", None)
+        except (AttributeError, NotImplementedError, TypeError):
+            layers = None
+        if isinstance(layers, nn.ModuleList) and len(layers) and (not n or len(layers) == n):
+            return layers
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and n and len(m) == n]
+    if len(candidates) == 1:
+        return candidates[0][1]
+    if not candidates:
+        raise InvalidInput(f"could not find the decoder blocks of {type(model).__name__}: no ModuleList of "
+                           f"num_hidden_layers={n} modules")
+    raise InvalidInput(f"{type(model).__name__} has {len(candidates)} ModuleLists of num_hidden_layers={n} modules "
+                       f"({', '.join(name for name, _ in candidates)}): which one holds the decoder blocks is "
+                       "ambiguous; give the model a get_decoder() whose .layers are the blocks")
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """The block's nn.Linear layers in execution order. A block that also holds weight matrices outside
+    nn.Linear (fused mixture-of-experts tensors, GPT-2's Conv1D) is refused: compressing only its linear
+    layers would leave those weights dense without a word."""
     linears = {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
-    if not linears:
-        kinds = {type(m).__name__ for m in block.modules()}
+    in_linears = {id(p) for m in linears.values() for p in m.parameters(recurse=False)}
+    owners = dict(block.named_modules())
+    other = [(name, p) for name, p in block.named_parameters() if p.dim() >= 2 and id(p) not in in_linears]
+    if other:
+        kinds = sorted({type(owners[name.rpartition(".")[0]]).__name__ for name, _ in other})
         hint = " (GPT-2 style Conv1D layers are not supported: use a model with nn.Linear layers)" \
-            if "Conv1D" in kinds else ""
-        raise ValueError(f"decoder block {type(block).__name__} holds no nn.Linear layers{hint}")
+            if "Conv1D" in kinds else " (fused expert weights are not supported)"
+        shown = ", ".join(f"{name} {list(p.shape)}" for name, p in other[:3]) + (" ..." if len(other) > 3 else "")
+        raise InvalidInput(f"decoder block {type(block).__name__} holds weights outside nn.Linear layers "
+                           f"({shown}; in {', '.join(kinds)}){hint}: they would stay uncompressed")
+    if not linears:
+        raise InvalidInput(f"decoder block {type(block).__name__} holds no nn.Linear layers")
     return linears
 
 
@@ -82,6 +107,13 @@ def capture_block_inputs(model, blocks, input_ids: torch.Tensor, batch_size: int
 def run_block(block, hidden: list[torch.Tensor], calls: list) -> list[torch.Tensor]:
     with torch.no_grad():
         return [block(h, *args, **kwargs) for h, (args, kwargs) in zip(hidden, calls)]
+
+
+def no_calibration_input(layers: list[str], method) -> str:
+    """Why a calibrated method cannot compress layers the calibration data never reached."""
+    return (f"{', '.join(layers)} received no calibration input (never called in the block's forward on these "
+            f"batches): {method.name} would solve with no statistics (SparseGPT and GPTQ would zero every weight), "
+            "so it refuses; use calibration data that reaches the layer, or a data-free method")
 
 
 def input_key(x: torch.Tensor) -> tuple:

@@ -9,7 +9,8 @@ import threading
 import torch
 from torch import nn
 
-from .blocks import block_linears, input_key
+from ..errors import Unsupported
+from .blocks import block_linears, input_key, no_calibration_input
 from .methods.base import Method
 
 
@@ -69,9 +70,9 @@ class Lockstep:
                 handle.remove()
         if self.error is not None:
             raise self.error
-        for name, layer in self.linears.items():  # never called in the forward: no statistics, as in "block"
-            if name not in self.info:
-                self.info[name] = self.method.compressor(layer).solve()
+        uncalled = [name for name in self.linears if name not in self.info]
+        if uncalled:
+            raise Unsupported(no_calibration_input(uncalled, self.method))
         return self.outputs, self.info
 
     # -- turn taking ------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class Lockstep:
             if j == 0:
                 self.meeting = self._END
             elif self.meeting != self._END:
-                raise RuntimeError(self._mismatch(j, self._END))
+                raise Unsupported(self._mismatch(j, self._END))
             self._hand_to(j + 1)
         except _Aborted:
             pass
@@ -121,12 +122,12 @@ class Lockstep:
             x = args[0]
             if j == 0:
                 if name in self.info:
-                    raise RuntimeError(f"{name} is called twice in one forward of the block: "
+                    raise Unsupported(f"{name} is called twice in one forward of the block: "
                                        f"use sequential='block'")
                 self.meeting = name
                 self.compressors[name] = self.method.compressor(module)
             elif self.meeting != name:
-                raise RuntimeError(self._mismatch(j, name))
+                raise Unsupported(self._mismatch(j, name))
             # Only the previous layer's input is kept per batch (holding every input until the end of the
             # block would cost memory for all batches at once): q/k/v and gate/up are called one after
             # another. A layer that reads an older tensor again just accumulates its own, equal, statistics.
@@ -137,7 +138,7 @@ class Lockstep:
             if j == 0 and leader != name:
                 self.leaders[name] = leader
             elif self.leaders.get(name, name) != leader:
-                raise RuntimeError(f"batch {j} feeds {name} a different input tensor than batch 0 did: "
+                raise Unsupported(f"batch {j} feeds {name} a different input tensor than batch 0 did: "
                                    f"use sequential='block'")
             if leader == name:
                 self.compressors[name].add_batch(x)

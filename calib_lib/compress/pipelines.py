@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import Unsupported
 from ..registry import Registry
-from .blocks import block_linears, capture_block_inputs, input_key, run_block
+from .blocks import block_linears, capture_block_inputs, input_key, no_calibration_input, run_block
 from .lockstep import Lockstep
 from .methods.base import Method
 
@@ -91,7 +92,9 @@ class BlockOrder(BlockByBlock):
     def compress_block(self, block, hidden, calls, method):
         linears = block_linears(block)
         compressors = {name: method.compressor(layer) for name, layer in linears.items()}
-        leaders = _collect_statistics(block, hidden, calls, linears, compressors)
+        leaders, called = _collect_statistics(block, hidden, calls, linears, compressors)
+        if len(called) < len(linears):
+            raise Unsupported(no_calibration_input([n for n in linears if n not in called], method))
         for name, leader in leaders.items():
             compressors[name].share_statistics(compressors[leader])
         return None, {name: comp.solve() for name, comp in compressors.items()}
@@ -105,17 +108,19 @@ class BlockLevel(BlockByBlock):
         return None, method.compress_block(block, hidden, calls)
 
 
-def _collect_statistics(block, hidden, calls, linears, compressors) -> dict[str, str]:
+def _collect_statistics(block, hidden, calls, linears, compressors) -> tuple[dict[str, str], set[str]]:
     """Run the block once, feeding each layer's input to its compressor. Layers that read a tensor
     another layer already read in the same batch (q/k/v, gate/up) are not fed: the returned map names,
-    for each such follower, the leader whose statistics it shares."""
+    for each such follower, the leader whose statistics it shares. Also returns the layers that were called."""
     followers: dict[str, str] = {}
+    called: set[str] = set()
     # Holding every seen input until the batch ends keeps its memory from being reused by a later
     # tensor, so an equal data_ptr really means the same tensor.
     seen: dict[tuple, tuple[str, torch.Tensor]] = {}
 
     def hook(name):
         def feed(module, inp, out):
+            called.add(name)
             x = inp[0]
             leader = seen.setdefault(input_key(x), (name, x))[0]
             if leader == name:
@@ -133,4 +138,4 @@ def _collect_statistics(block, hidden, calls, linears, compressors) -> dict[str,
     finally:
         for handle in hooks:
             handle.remove()
-    return followers
+    return followers, called

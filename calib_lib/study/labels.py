@@ -12,7 +12,7 @@ def _int(value):
 
 
 def method_label(method: dict) -> str:
-    """'wanda 50%', 'sparsegpt 2:4', 'gptq 3-bit g128', 'wanda 50% (block order)', 'dense'."""
+    """'wanda 50%', 'sparsegpt 2:4', 'gptq 3-bit g128', 'wanda 50% (layer order)', 'dense'."""
     method = {k: _int(v) for k, v in method.items()}
     name = method.pop("name")
     return "dense" if name == "dense" else METHODS[name](**method).label()

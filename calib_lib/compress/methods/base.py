@@ -12,7 +12,7 @@ stored runs stay valid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
@@ -65,7 +65,10 @@ class Method:
         pass
 
     def params(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        """The method's parameters as they enter the run key: every field, except options added later
+        (``added_option``) while they hold their default, so adding an option keeps every stored run."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init
+                and not (f.metadata.get("omit_at_default") and getattr(self, f.name) == f.default)}
 
     def compressor(self, layer: nn.Linear) -> LayerCompressor:
         return self.layer_compressor(layer, self)
@@ -82,8 +85,14 @@ class Method:
         return ""
 
     def label(self) -> str:
-        """How the method reads in tables and figures: 'wanda 50%', 'gptq 3-bit g128 (block order)'."""
+        """How the method reads in tables and figures: 'wanda 50%', 'gptq 3-bit g128 (layer order)'."""
         return " ".join(part for part in (self.name, self.setting()) if part)
+
+
+def added_option(default):
+    """A dataclass field for an option added to an existing method: its default must reproduce the method's
+    earlier numbers, and it enters the run key only when set to something else."""
+    return field(default=default, metadata={"omit_at_default": True})
 
 
 SEQUENTIAL = ("layer", "block")
@@ -94,15 +103,16 @@ class LayerwiseMethod(Method):
     """A calibrated method that compresses each nn.Linear from its own inputs (Wanda, SparseGPT, GPTQ).
 
     ``sequential`` says which inputs a layer's statistics come from:
-    - "layer" (default): the block's earlier layers are already compressed when a layer's inputs are
-      collected (GPTQ's ``--true-sequential``), so each layer also corrects the error of those before it.
-      The driver runs each block once: the calibration batches advance in lockstep and every layer is
-      compressed as soon as all of them have reached it.
-    - "block": every layer's statistics come from the dense block, as in the reference Wanda and
-      SparseGPT code; the block then runs a second time, compressed, to feed the next block.
+    - "block" (default, the published order): every layer's statistics come from the dense block, as in
+      the reference Wanda and SparseGPT code and GPTQ's script without ``--true-sequential``; the block then
+      runs a second time, compressed, to feed the next block.
+    - "layer": the block's earlier layers are already compressed when a layer's inputs are collected
+      (GPTQ's ``--true-sequential``), so each layer also corrects the error of those before it. The driver
+      runs each block once: the calibration batches advance in lockstep and every layer is compressed as
+      soon as all of them have reached it. A variant, named in every label that uses it.
     """
 
-    sequential: str = "layer"
+    sequential: str = "block"
 
     def __post_init__(self):
         if self.sequential not in SEQUENTIAL:
@@ -115,8 +125,8 @@ class LayerwiseMethod(Method):
         return self.sequential            # the "layer" and "block" pipelines
 
     def label(self) -> str:
-        # "layer" is the default order and goes unnamed; the other order is named wherever it is used.
-        return super().label() + (" (block order)" if self.sequential == "block" else "")
+        # The published order goes unnamed; the variant is named wherever it is used.
+        return super().label() + (" (layer order)" if self.sequential == "layer" else "")
 
 
 # -- parameter blocks shared by the methods of a family (dataclass mixins: put them before the Method base)

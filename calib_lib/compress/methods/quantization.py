@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import FieldError
 from ..quant import Grid, grid_params, rtn
-from .base import LayerCompressor, LayerwiseMethod, Method, HessianParams, QuantParams, register
+from .base import (HessianParams, LayerCompressor, LayerwiseMethod, Method, QuantParams, added_option,
+                   register)
 from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
 
 
@@ -28,13 +30,20 @@ class RTN(QuantParams, Method):
     layer_compressor = RTNCompressor
 
 
+GROUP_GRIDS = ("updated", "reference")
+
+
 def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = False,
                act_order: bool = False, static_groups: bool = False, blocksize: int = 128,
-               percdamp: float = 0.01) -> tuple[torch.Tensor, Grid, dict]:
+               percdamp: float = 0.01, group_grid: str = "updated") -> tuple[torch.Tensor, Grid, dict]:
     """GPTQ: quantize columns in order (by decreasing H_jj with act_order), spreading each column's
     rounding error over the remaining columns through the inverse-Hessian Cholesky factor, with lazy
-    batch updates every ``blocksize`` columns. Group grids are computed when a group's first column is
-    reached (from the error-updated weights), or up front from the original weights (static_groups)."""
+    batch updates every ``blocksize`` columns. Group grids are computed up front from the original weights
+    (static_groups), or when a group's first column is reached: from the weights with every earlier column's
+    error applied (``group_grid="updated"``, the exact sequential algorithm), or, as the reference code
+    does, from the weights as they stood when the current lazy block began, missing the updates of the
+    block's earlier columns (``"reference"``). The two differ only when a group starts inside a block
+    (group size below the block size): +0.8% layer error at g32 on SmolLM2 for "reference"."""
     W, H, dead = prepare_hessian(W, H)
     rows, cols = W.shape
     gs = cols if group_size == -1 else group_size
@@ -69,7 +78,10 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
             col = i1 + i
             g = groups[col]
             if not (static_groups or group_size == -1) and col % gs == 0:
-                upcoming = W1[:, i:i + gs] if i + gs <= i2 - i1 else torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :gs]
+                if group_grid == "reference":       # W's block columns still hold their block-start values
+                    upcoming = W[:, col:col + gs]
+                else:
+                    upcoming = W1[:, i:i + gs] if i + gs <= i2 - i1 else torch.cat([W1[:, i:], W[:, i2:]], 1)[:, :gs]
                 scales[:, g:g + 1], zeros[:, g:g + 1] = grid_params(upcoming, bits, sym)
             if i == 0 or g != groups[col - 1]:
                 scale, zero = scales[:, g:g + 1], zeros[:, g:g + 1]
@@ -91,7 +103,7 @@ class GPTQCompressor(HessianCollector):
     def solve(self) -> dict:
         m = self.method
         Q, grid, info = gptq_solve(self.layer.weight.data, self.H, m.bits, m.group_size, m.sym,
-                                   m.act_order, m.static_groups, m.blocksize, m.percdamp)
+                                   m.act_order, m.static_groups, m.blocksize, m.percdamp, m.group_grid)
         self.layer.weight.data.copy_(Q.to(self.layer.weight.dtype))
         self.layer.calib_grid = grid
         return info
@@ -102,5 +114,11 @@ class GPTQCompressor(HessianCollector):
 class GPTQ(QuantParams, HessianParams, LayerwiseMethod):
     act_order: bool = False
     static_groups: bool = False
+    group_grid: str = added_option("updated")     # or "reference": see gptq_solve
     name = "gptq"
     layer_compressor = GPTQCompressor
+
+    def validate(self):
+        super().validate()
+        if self.group_grid not in GROUP_GRIDS:
+            raise FieldError("group_grid", f"group_grid must be one of {', '.join(GROUP_GRIDS)}, got {self.group_grid!r}")
