@@ -8,7 +8,7 @@ what it measured).
 
     python benchmarks/compress.py --num-samples 32 --seq-len 512 --ppl --out benchmarks/smollm2-32x512.jsonl
     python benchmarks/compress.py --num-samples 128 --seq-len 512 --settings "50%,3-bit g128"
-    python benchmarks/compress.py --methods wanda,sparsegpt,gptq --sequential block --ppl   # reference order
+    python benchmarks/compress.py --methods wanda,sparsegpt,gptq --sequential block --ppl   # one order only
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ CONFIGS = [
     ("awq", {"bits": 3, "group_size": 128}),
     ("rtn", {"bits": 4, "group_size": 128}), ("gptq", {"bits": 4, "group_size": 128}),
     ("awq", {"bits": 4, "group_size": 128}),
+    # SpQR's statistics (0.625 bits per weight at g16) and outliers (32 bits each) come on top of its bits:
+    # 2-bit g16 stores about 3 bits per weight, 3-bit g16 about 4 (the row's avg_bits says exactly).
+    ("spqr", {"bits": 2, "group_size": 16}), ("spqr", {"bits": 3, "group_size": 16}),
 ]
 
 
@@ -79,15 +82,14 @@ class PeakRSS:
 def one(args) -> dict:
     """Run a single configuration in this process."""
     from calib_lib.compress import METHODS, compress
-    from calib_lib.compress.methods import LayerwiseMethod
     from calib_lib.evaluate import perplexity
     from calib_lib.models import load_model
     model, tokenizer = load_model(args.model, log=lambda *a: None)
     cal = calibration(args, tokenizer)
     params = json.loads(args.params)
-    if args.sequential and issubclass(METHODS.get(args.method, object), LayerwiseMethod):   # has `sequential`
-        params["sequential"] = args.sequential
-    row = {"method": args.method, "params": params, "batch_size": args.batch_size, "calibration": cal.metadata()["spec"],
+    # Every parameter, defaults included (the order above all): a record says exactly what ran.
+    recorded = METHODS[args.method](**params).params() if args.method in METHODS else params
+    row = {"method": args.method, "params": recorded, "batch_size": args.batch_size, "calibration": cal.metadata()["spec"],
            "calibration_fingerprint": cal.fingerprint}
     row["rss_before_mib"] = round(PeakRSS._rss() / 2**20)
     if args.method != "dense":
@@ -98,6 +100,11 @@ def one(args) -> dict:
         row["compress_seconds"] = round(time.time() - started, 1)
         row["damping_retries"] = report["damping_retries"]
         row["compress_peak_rss_mib"] = round(memory.peak / 2**20)
+        counted = [v for v in report["layers"].values() if "avg_bits" in v]     # spqr: storage per weight
+        if counted:
+            weights = sum(v["weights"] for v in counted)
+            row["avg_bits"] = round(sum(v["avg_bits"] * v["weights"] for v in counted) / weights, 3)
+            row["outlier_share"] = round(sum(v["outliers"] for v in counted) / weights, 5)
     row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.ppl:
         text_id, windows = eval_windows(tokenizer, args)
@@ -134,7 +141,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8,
                         help="calibration sequences per forward in the driver (changes only float rounding)")
     parser.add_argument("--sequential", choices=["layer", "block"],
-                        help="order for wanda, sparsegpt and gptq (default: the methods' default, layer)")
+                        help="one order for the layer-wise methods (default: both, block then layer)")
     parser.add_argument("--out", default="benchmarks/compress-results.jsonl")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -149,29 +156,47 @@ def main() -> None:
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     print(f"unit (one forward of {args.num_samples} x {args.seq_len} tokens): {unit:.1f} s on {machine}", flush=True)
+    from calib_lib.compress import METHODS
+    from calib_lib.compress.methods import LayerwiseMethod
+    other_order = {}                          # (method, setting) -> perplexity in the order run before
     for method, params in CONFIGS:
-        if method != "dense" and ((keep and method not in keep) or (settings and fmt_params(params) not in settings)):
+        if method != "dense" and ((keep and method not in keep) or (settings and fmt_params(method, params) not in settings)):
             continue
-        cmd = [sys.executable, __file__, "--method", method, "--params", json.dumps(params),
-               "--model", args.model, "--source", args.source, "--num-samples", str(args.num_samples),
-               "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
-        if args.sequential:
-            cmd += ["--sequential", args.sequential]
-        cmd += ["--batch-size", str(args.batch_size)]
-        if args.ppl:
-            cmd.append("--ppl")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{method} {params} FAILED:\n{proc.stderr[-3000:]}", flush=True)
-            continue
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        row.update(unit_seconds=round(unit, 1), machine=machine, model=args.model)
-        if "compress_seconds" in row:
-            row["ratio"] = round(row["compress_seconds"] / unit, 2)
-        with open(args.out, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-        print(json.dumps({k: row.get(k) for k in ("method", "params", "compress_seconds", "ratio",
-                                                  "compress_peak_rss_mib", "perplexity")}), flush=True)
+        # Layer-wise methods run in both orders unless --sequential names one: each line shows the other's perplexity.
+        layerwise = issubclass(METHODS.get(method, object), LayerwiseMethod)
+        orders = [args.sequential] if args.sequential or not layerwise else ["block", "layer"]
+        for order in orders:
+            run_one(args, method, dict(params, sequential=order) if order else params, unit, machine, other_order)
+
+
+def run_one(args, method, params, unit, machine, other_order) -> None:
+    """Benchmark one configuration in its own process; append its row to --out and print it."""
+    from report import fmt_params
+    setting = fmt_params(method, {k: v for k, v in params.items() if k != "sequential"})
+    cmd = [sys.executable, __file__, "--method", method, "--params", json.dumps(params),
+           "--model", args.model, "--source", args.source, "--num-samples", str(args.num_samples),
+           "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
+    cmd += ["--batch-size", str(args.batch_size)]
+    if args.ppl:
+        cmd.append("--ppl")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{method} {params} FAILED:\n{proc.stderr[-3000:]}", flush=True)
+        return
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "perplexity" in row and "sequential" in params:
+        previous = other_order.get((method, setting))
+        if previous:
+            row["perplexity_other_order"] = previous
+        other_order[(method, setting)] = {"sequential": params["sequential"], "perplexity": row["perplexity"]}
+    row.update(unit_seconds=round(unit, 1), machine=machine, model=args.model)
+    if "compress_seconds" in row:
+        row["ratio"] = round(row["compress_seconds"] / unit, 2)
+    with open(args.out, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(json.dumps({k: row.get(k) for k in ("method", "params", "compress_seconds", "ratio",
+                                              "compress_peak_rss_mib", "avg_bits", "perplexity",
+                                              "perplexity_other_order")}), flush=True)
 
 
 if __name__ == "__main__":
