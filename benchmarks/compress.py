@@ -163,7 +163,7 @@ def main() -> None:
         if method != "dense" and ((keep and method not in keep) or (settings and fmt_params(method, params) not in settings)):
             continue
         # Layer-wise methods run in both orders unless --sequential names one: each line shows the other's perplexity.
-        layerwise = issubclass(METHODS.get(method, object), LayerwiseMethod)
+        layerwise = issubclass(METHODS.find(method) or object, LayerwiseMethod)
         orders = [args.sequential] if args.sequential or not layerwise else ["block", "layer"]
         for order in orders:
             run_one(args, method, dict(params, sequential=order) if order else params, unit, machine, other_order)

@@ -17,16 +17,18 @@ def fmt_params(method: str, params: dict) -> str:
 
 
 def main(paths):
-    print("| method | setting | compress s | unit s | ratio | RSS before / peak during compress MiB | process peak RSS MiB | perplexity | eval text (scored tokens) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| method | setting | compress s | unit s | ratio | RSS before / peak during compress MiB | process peak RSS MiB | perplexity | other order | eval text (scored tokens) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for path in paths:
         for line in open(path):
             r = json.loads(line)
             cell = lambda k, f="{}": f.format(r[k]) if r.get(k) is not None else "-"
             ppl = f"{r['perplexity']:.2f}" if "perplexity" in r else "-"
+            other = r.get("perplexity_other_order")
+            other = f"{other['perplexity']:.2f} ({other['sequential']})" if other else "-"
             text = f"{r['eval_text']} ({r['scored_tokens']})" if "eval_text" in r else "-"
             print(f"| {r['method']} | {fmt_params(r['method'], r['params'])} | {cell('compress_seconds')} | "
-                  f"{cell('unit_seconds')} | {cell('ratio')} | {cell('rss_before_mib')} / {cell('compress_peak_rss_mib')} | {cell('peak_rss_mib')} | {ppl} | {text} |")
+                  f"{cell('unit_seconds')} | {cell('ratio')} | {cell('rss_before_mib')} / {cell('compress_peak_rss_mib')} | {cell('peak_rss_mib')} | {ppl} | {other} | {text} |")
 
 
 if __name__ == "__main__":
