@@ -13,7 +13,7 @@ QUIET = dict(log=lambda *a: None)
 CONFIGS = [("magnitude", dict(sparsity=0.5)), ("wanda", dict(sparsity=0.5)), ("sparsegpt", dict(sparsity=0.5)),
            ("wanda", dict(n=2, m=4)), ("sparsegpt", dict(n=2, m=4)), ("magnitude", dict(n=4, m=8)),
            ("rtn", dict(bits=3, group_size=32)), ("gptq", dict(bits=3, group_size=32, act_order=True)),
-           ("awq", dict(bits=4, group_size=32))]
+           ("awq", dict(bits=4, group_size=32)), ("spqr", dict(bits=3, group_size=16))]
 
 
 def tokens(tok, n, L, seed):

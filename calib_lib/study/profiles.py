@@ -48,6 +48,7 @@ WANDA = {"name": "wanda", "sparsity": 0.5}
 SPARSEGPT = {"name": "sparsegpt", "sparsity": 0.5}
 GPTQ3 = {"name": "gptq", "bits": 3, "group_size": 128}
 AWQ3 = {"name": "awq", "bits": 3, "group_size": 128}
+SPQR3 = {"name": "spqr", "bits": 3, "group_size": 16}        # ~4.2 bits per weight with its statistics and outliers
 # The quick profile's committed runs were computed in the layer order (GPTQ's true-sequential), the default
 # until 2026-11-25. They stay valid under that name, labelled "(layer order)" in every table and figure, until
 # the quick profile is re-run with the measurement changes of the next round; the other profiles use the
@@ -75,7 +76,7 @@ PROFILES = {
         suite=suite_fields("study-quick", PYPI_SOURCES, 3, 256, ("arc_easy", "piqa", "winogrande", "copa"), 20)),
     "standard": Profile(
         "standard", "SmolLM2-135M on CPU for hours: the papers' methods at 32 x 512, five sets, every source",
-        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3),
+        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3, SPQR3),
         base_source="wikipedia", sources="available", num_samples=32, seq_len=512,
         sample_counts=(1, 2, 4, 8, 16, 32, 64, 128), seq_lens=(64, 128, 256, 512, 1024), token_budget=16384,
         variance_sources=PYPI_SOURCES, sets=5, schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
@@ -85,7 +86,7 @@ PROFILES = {
     "paper": Profile(
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
-        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3),
+        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3, SPQR3),
         base_source="c4", sources="available", num_samples=128, seq_len=2048,
         sample_counts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), seq_lens=(128, 256, 512, 1024, 2048),
         token_budget=262144, variance_sources="available", sets=10,

@@ -43,6 +43,20 @@ class HessianCollector(LayerCompressor):
         self.H, self.tokens = leader.H, leader.tokens   # solvers clone H before changing it
 
 
+class QuantizingCollector(HessianCollector):
+    """A second-order quantizer's compressor: ``quantize`` returns (dequantized weight, its grid, info); the
+    weight is written in place and the grid kept on the layer (``calib_grid``), where tests check it."""
+
+    def quantize(self) -> tuple[torch.Tensor, object, dict]:
+        raise NotImplementedError
+
+    def solve(self) -> dict:
+        Q, grid, info = self.quantize()
+        self.layer.weight.data.copy_(Q.to(self.layer.weight.dtype))
+        self.layer.calib_grid = grid
+        return info
+
+
 def solver_dtype(W: torch.Tensor) -> torch.dtype:
     """Solve in float32 (float64 when given float64, as the exact tests do)."""
     return torch.float64 if W.dtype == torch.float64 else torch.float32

@@ -10,7 +10,7 @@ from ...errors import FieldError
 from ..quant import Grid, grid_params, rtn
 from .base import (HessianParams, LayerCompressor, LayerwiseMethod, Method, QuantParams, added_option,
                    register)
-from .hessian import HessianCollector, inverse_cholesky, prepare_hessian
+from .hessian import QuantizingCollector, inverse_cholesky, prepare_hessian
 
 
 class RTNCompressor(LayerCompressor):
@@ -99,14 +99,11 @@ def gptq_solve(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 12
     return Q, Grid(bits, scales, zeros, g_idx), info
 
 
-class GPTQCompressor(HessianCollector):
-    def solve(self) -> dict:
+class GPTQCompressor(QuantizingCollector):
+    def quantize(self):
         m = self.method
-        Q, grid, info = gptq_solve(self.layer.weight.data, self.H, m.bits, m.group_size, m.sym,
-                                   m.act_order, m.static_groups, m.blocksize, m.percdamp, m.group_grid)
-        self.layer.weight.data.copy_(Q.to(self.layer.weight.dtype))
-        self.layer.calib_grid = grid
-        return info
+        return gptq_solve(self.layer.weight.data, self.H, m.bits, m.group_size, m.sym, m.act_order,
+                          m.static_groups, m.blocksize, m.percdamp, m.group_grid)
 
 
 @register
