@@ -102,10 +102,12 @@ class BlockOrder(BlockByBlock):
 
 @register
 class BlockLevel(BlockByBlock):
+    """The method compresses the whole block and returns (the next block's inputs, or None to have the
+    quantized block run for them; per-layer info). AWQ returns its full-precision outputs by default."""
     name = "block-level"
 
     def compress_block(self, block, hidden, calls, method):
-        return None, method.compress_block(block, hidden, calls)
+        return method.compress_block(block, hidden, calls)
 
 
 def _collect_statistics(block, hidden, calls, linears, compressors) -> tuple[dict[str, str], set[str]]:
