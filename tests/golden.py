@@ -37,6 +37,8 @@ METHOD_CASES = {
     "gptq 3-bit g32 layer": {"name": "gptq", "bits": 3, "group_size": 32, "sequential": "layer"},
     "gptq 4-bit per-channel block": {"name": "gptq", "bits": 4, "group_size": -1, "sequential": "block"},
     "awq 3-bit g32": {"name": "awq", "bits": 3, "group_size": 32},
+    "awq 3-bit g32 variants": {"name": "awq", "bits": 3, "group_size": 32, "search_input": "quantized", "gqa": "tie",
+                               "search_samples": 5},
     "spqr 3-bit g16 layer": {"name": "spqr", "bits": 3, "group_size": 16, "sequential": "layer"},
     "spqr 2-bit g32 stats 4-bit g8 block": {"name": "spqr", "bits": 2, "group_size": 32, "stat_bits": 4,
                                             "stat_group_size": 8, "outlier_threshold": 0.5, "act_order": False,

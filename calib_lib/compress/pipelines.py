@@ -8,7 +8,8 @@
   calibration batches advance through the block in lockstep (``lockstep.Lockstep``) and each layer is
   compressed as soon as all batches reached it, so its statistics come from inputs computed by the
   block's already compressed layers.
-- ``block-level`` (AWQ): the method compresses a whole block from the block's inputs.
+- ``block-level`` (AWQ): the method compresses a whole block from the block's inputs and says what feeds
+  the next block (AWQ by default: the full-precision outputs, as llm-awq searches on the unquantized model).
 
 Calibrated pipelines hold one block's activations at a time. A pipeline carries a ``version`` that
 enters the run key: bump it when a change moves any number (``tests/test_golden.py`` checks).
@@ -58,7 +59,8 @@ class DataFree(Pipeline):
 
 class BlockByBlock(Pipeline):
     """Calibrated pipelines: capture the first block's inputs, then compress block after block, each
-    block's (compressed) outputs being the next one's inputs."""
+    block's outputs being the next one's inputs: the compressed block's, unless ``compress_block`` returns
+    other outputs (AWQ's full-precision ones)."""
 
     def compress_block(self, block, hidden, calls, method) -> tuple[list | None, dict]:
         """(the compressed block's outputs, or None when another pass must compute them; per-layer info)."""

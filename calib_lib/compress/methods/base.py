@@ -3,7 +3,8 @@
 A layer-wise method gives a ``LayerCompressor`` per ``nn.Linear``: the pipeline feeds it the layer's
 inputs for the calibration batch (``add_batch``) and then asks it to ``solve``, which writes the
 compressed weight in place and returns a small dict of what happened. A block-wise method (AWQ)
-overrides ``compress_block`` instead. The method names its pipeline (``pipeline``), its family
+overrides ``compress_block(block, hidden, calls)`` instead, returning (the next block's inputs, or None to
+have the compressed block run for them; per-layer info). The method names its pipeline (``pipeline``), its family
 (pruning or quantization) and how it reads in a figure (``label``).
 
 Every method carries a ``version`` that enters the run key: bump it when a change moves any number the
