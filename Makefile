@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.calib-installed
 MODEL  ?= smollm2-135m
 
-.PHONY: setup run test test-unit clean-venv
+.PHONY: setup run test test-unit lab clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# JupyterLab on the project's venv (its kernel is the venv's python3), opened on the study notebooks.
+# Jupyter refuses to run as root without --allow-root (containers often are root).
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean-venv:
 	rm -rf $(VENV)
