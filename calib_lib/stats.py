@@ -250,3 +250,164 @@ def plateau(table: pd.DataFrame, x: str, y: str, by: str | list[str], lower_is_b
                      "total_gain": float(total), "last_step_gain": float(step),
                      "last_step_share": float(step / total) if total != 0 else np.nan})
     return pd.DataFrame(rows)
+
+
+# -- paired comparisons over documents and variance components (issue #16) --------------------------------
+
+def _paired_arrays(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """Two runs' per-document values as float arrays, pairs with a missing value on either side dropped."""
+    a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
+    if len(a) != len(b):
+        raise ValueError(f"paired values need one value per document in each run: got {len(a)} and {len(b)}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    return a[keep], b[keep]
+
+
+def _difference_of(statistic):
+    """statistic(x) - statistic(y) as a scipy resampling statistic; vectorized when `statistic` takes axis=,
+    which makes 2,000 resamples a single array operation instead of a Python loop."""
+    try:
+        statistic(np.zeros((1, 2)), axis=-1)
+    except TypeError:
+        return (lambda x, y: statistic(x) - statistic(y)), False
+    return (lambda x, y, axis=-1: statistic(x, axis=axis) - statistic(y, axis=axis)), True
+
+
+def paired_bootstrap(a, b, statistic=np.mean, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Difference statistic(a) - statistic(b) between two runs scored on the same documents (same order):
+    0/1 correctness or a continuous score such as the gold-choice log-likelihood margin.
+
+    CI: percentile bootstrap over documents (scipy.stats.bootstrap, paired=True: a document is resampled
+    with both its values, so the between-document variance the two runs share cancels). p-value: paired
+    sign-flip permutation test (scipy.stats.permutation_test, permutation_type="samples": each document's
+    two values are swapped at random), two-sided; exact when 2**n <= n_resamples, otherwise Monte Carlo with
+    floor 1 / (n_resamples + 1). For 0/1 data the exact version is McNemar's test (see ``mcnemar_exact``,
+    which also reaches p-values below that floor). Pairs with a NaN on either side are dropped; a length
+    mismatch raises ValueError; fewer than two documents give the ``_undefined`` result."""
+    a, b = _paired_arrays(a, b)
+    n = len(a)
+    label = getattr(statistic, "__name__", "statistic")
+    name = f"paired bootstrap ({label})"
+    if n < 2:
+        return _undefined(name, f"needs at least two documents scored by both runs (n={n})", n=n,
+                          ci_low=np.nan, ci_high=np.nan)
+    difference, vectorized = _difference_of(statistic)
+    observed = float(difference(a, b))
+    result = {"test": name, "statistic": observed, "effect_size": observed,
+              "effect": f"{label}(a) - {label}(b)",
+              "n": n, "level": level, "note": ""}
+    if np.all(a == b):
+        # identical runs: every resample and every swap gives 0, which scipy flags as degenerate
+        return result | {"p_value": 1.0, "ci_low": 0.0, "ci_high": 0.0, "note": "the two runs agree on every document"}
+    rng = np.random.default_rng(seed)
+    ci = stats.bootstrap((a, b), difference, paired=True, vectorized=vectorized, confidence_level=level,
+                         n_resamples=n_resamples, method="percentile", rng=rng).confidence_interval
+    test = stats.permutation_test((a, b), difference, permutation_type="samples", vectorized=vectorized,
+                                  n_resamples=n_resamples, alternative="two-sided", rng=rng)
+    p_method = "exact sign-flip" if 2 ** n <= n_resamples else f"sign-flip ({n_resamples:,} resamples)"
+    return result | {"p_value": float(test.pvalue), "ci_low": float(ci.low), "ci_high": float(ci.high),
+                     "p_method": p_method}
+
+
+def mcnemar_exact(correct_a, correct_b) -> dict:
+    """Exact two-sided McNemar test of two runs' 0/1 correctness on the same documents: under the null the
+    discordant documents split evenly, so the count only run a gets right is Binomial(discordant, 1/2)
+    (scipy.stats.binomtest). statistic: the smaller discordant count (as statsmodels reports it);
+    effect_size: accuracy(a) - accuracy(b) = (a_only - b_only) / n; odds_ratio: a_only / b_only (inf when
+    b_only = 0, NaN without discordant pairs). Pairs with a NaN are dropped; values other than 0/1 raise."""
+    a, b = _paired_arrays(correct_a, correct_b)
+    if not np.all(np.isin(a, (0, 1)) & np.isin(b, (0, 1))):
+        raise ValueError("McNemar's test needs 0/1 (or boolean) correctness per document")
+    n = len(a)
+    if n == 0:
+        return _undefined("McNemar (exact)", "no document scored by both runs", n=0)
+    a_only, b_only = int(np.sum((a == 1) & (b == 0))), int(np.sum((a == 0) & (b == 1)))
+    discordant = a_only + b_only
+    p_value = float(stats.binomtest(a_only, discordant, 0.5).pvalue) if discordant else 1.0
+    odds = a_only / b_only if b_only else (np.inf if a_only else np.nan)
+    return {"test": "McNemar (exact)", "statistic": float(min(a_only, b_only)), "p_value": p_value,
+            "effect_size": (a_only - b_only) / n, "effect": "accuracy(a) - accuracy(b)", "odds_ratio": float(odds),
+            "a_only": a_only, "b_only": b_only, "n_discordant": discordant, "n": n,
+            "note": "" if discordant else "no discordant documents"}
+
+
+def _nested_labels(df: pd.DataFrame, groups: list[str]) -> pd.DataFrame:
+    """One label column per nesting depth naming the full path (source, source|set, ...), so a set called
+    'seed0' in two sources is two different sets."""
+    labels, path = {}, None
+    for depth, column in enumerate(groups):
+        part = df[column].astype(str)
+        path = part if path is None else path + "\x1f" + part
+        labels[f"_l{depth}"] = path
+    return pd.DataFrame(labels, index=df.index)
+
+
+def _anova_components(data: pd.DataFrame, depth: int) -> tuple[list[float], float]:
+    """Method-of-moments (ANOVA) estimates for a balanced nested design. Mean squares come from statsmodels'
+    sequential comparison of the nested OLS fits y ~ 1, y ~ level 0, y ~ level 1, ...; with m_j observations
+    per level-j cell, E[MS_j] = s2_e + sum_{i >= j} m_i s2_i, solved from the deepest level up."""
+    from statsmodels.formula.api import ols
+    from statsmodels.stats.anova import anova_lm
+    sizes = []
+    for j in range(depth):
+        counts = data.groupby(f"_l{j}").size()
+        children = data.groupby(f"_l{j}")[f"_l{j + 1}"].nunique() if j + 1 < depth else None
+        if counts.nunique() != 1 or (children is not None and children.nunique() != 1):
+            raise ValueError(f"method='anova' needs a balanced design (level {j} cells differ in size); "
+                             "use method='reml'")
+        sizes.append(int(counts.iloc[0]))
+    fits = [ols("_y ~ 1", data).fit()] + [ols(f"_y ~ C(_l{j})", data).fit() for j in range(depth)]
+    if fits[-1].df_resid < 1:
+        raise ValueError("no replicates inside the innermost group: its variance cannot be told from the residual")
+    steps = anova_lm(*fits)
+    mean_squares = (steps["ss_diff"] / steps["df_diff"]).to_numpy()[1:]
+    residual = float(fits[-1].ssr / fits[-1].df_resid)
+    upper = np.append(mean_squares[1:], residual)
+    return [float((ms - below) / m) for ms, below, m in zip(mean_squares, upper, sizes)], residual
+
+
+def _reml_components(data: pd.DataFrame, depth: int) -> tuple[list[float], float]:
+    """REML fit of y = mu + u_source + u_set(source) + ... + e with statsmodels MixedLM: the outermost
+    factor is the grouping (a random intercept), each deeper factor a variance component within it."""
+    import warnings
+    from statsmodels.regression.mixed_linear_model import MixedLM
+    vc = {f"_l{j}": f"0 + C(_l{j})" for j in range(1, depth)}
+    model = MixedLM.from_formula("_y ~ 1", data, groups="_l0", re_formula="1", vc_formula=vc or None)
+    with warnings.catch_warnings():
+        # boundary fits (a component at 0) are expected with few sets; the estimate is still the REML one
+        warnings.simplefilter("ignore")
+        fit = model.fit(reml=True)
+    inner = dict(zip(model.exog_vc.names, np.atleast_1d(fit.vcomp))) if vc else {}
+    return [float(fit.cov_re.iloc[0, 0])] + [float(inner[f"_l{j}"]) for j in range(1, depth)], float(fit.scale)
+
+
+def variance_components(df: pd.DataFrame, value: str, groups: list[str], method: str = "reml",
+                        residual: str = "residual") -> pd.DataFrame:
+    """Share of the variance of `value` from each nested grouping factor and the residual.
+
+    `groups` lists the factors outermost first, each nested in the one before (["source", "set"]: sets
+    within sources); the residual is what varies inside the innermost group (documents, numerical noise
+    between runs). Model: y = mu + u_1 + u_2(1) + ... + e, every term independent, normal, with its own
+    variance. Estimators: "reml" (default): statsmodels MixedLM, any (unbalanced) design, estimates kept >= 0;
+    "anova": method-of-moments from mean squares, balanced designs only (equal cells at every level), where
+    it equals REML unless an estimate is negative; negative estimates are reported as 0 (note column).
+    No confidence interval is given: with a handful of sources or sets a Wald interval on a variance is
+    misleading, and a hierarchical bootstrap is left to the caller. One row per component: component,
+    variance, share (of the total), levels (number of distinct cells; observations for the residual)."""
+    groups = [groups] if isinstance(groups, str) else list(groups)
+    if method not in ("reml", "anova"):
+        raise ValueError(f"method must be 'reml' or 'anova', not {method!r}")
+    data = df[groups + [value]].dropna()
+    data = pd.concat([data[[value]].rename(columns={value: "_y"}).astype(float), _nested_labels(data, groups)],
+                     axis=1)
+    depth = len(groups)
+    if depth == 0 or data["_l0"].nunique() < 2:
+        raise ValueError(f"needs at least one grouping factor with two levels (groups={groups})")
+    variances, noise = (_anova_components if method == "anova" else _reml_components)(data, depth)
+    notes = ["negative estimate set to 0" if v < 0 else "" for v in variances]
+    variances = [max(v, 0.0) for v in variances] + [noise]
+    total = sum(variances)
+    levels = [data[f"_l{j}"].nunique() for j in range(depth)] + [len(data)]
+    return pd.DataFrame({"component": groups + [residual], "variance": variances,
+                         "share": [v / total if total > 0 else np.nan for v in variances], "levels": levels,
+                         "method": method, "note": notes + [""]})
