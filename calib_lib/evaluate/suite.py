@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..models.context import context_length
-from ..errors import InvalidInput
+from ..errors import FieldError, InvalidInput
 from .perplexity import make_windows, perplexity
 from .tasks import TASKS, TaskUnavailableError, run_tasks, task_available
 
@@ -35,6 +35,31 @@ class Suite:
     optional_tasks: bool = False         # skip (and record) tasks whose data is not available here
     seed: int = 1234
     batch_size: int | None = None        # lm-eval batch; None: chosen from the vocabulary size
+
+    def __post_init__(self):
+        # A suite checks itself where it is made (a run spec, a profile, a caller), as CalibrationSpec and
+        # the methods do: every task and text must exist and every number be in range. Whether their data
+        # is available here is plan()'s concern (a mirror may be set later).
+        from ..data.registry import SOURCES
+        for name in ("ppl_texts", "tasks"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise FieldError(name, f"expected a list, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for i, task in enumerate(self.tasks):
+            if task not in TASKS:
+                raise FieldError(f"tasks[{i}]", f"unknown task {task!r}; known: {', '.join(TASKS)}")
+        texts = [s for s in SOURCES if not SOURCES[s].synthetic]
+        for i, text in enumerate(self.ppl_texts):
+            if text != "auto" and text not in texts:
+                raise FieldError(f"ppl_texts[{i}]", f"no held-out text {text!r}; use auto or one of: {', '.join(texts)}")
+        for name, low, nullable in (("ppl_seq_len", 2, False), ("ppl_windows", 1, True), ("task_limit", 1, True),
+                                    ("batch_size", 1, True)):
+            value = getattr(self, name)
+            if value is None and nullable:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise FieldError(name, f"expected an integer >= {low}{' or null' if nullable else ''}, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,17 +109,11 @@ def plan(model, suite: Suite) -> tuple[list[str], list[str], list[dict]]:
     if limit is not None and suite.ppl_seq_len > limit:
         raise InvalidInput(f"suite {suite.name!r} scores windows of {suite.ppl_seq_len} tokens, longer than "
                          f"the model's context of {limit}")
-    texts = [_resolve_text(t) for t in suite.ppl_texts]
+    texts = [_resolve_text(t) for t in suite.ppl_texts]      # names were checked when the suite was made
     for text_id in texts:
-        source = get_source(text_id)
-        if source.synthetic:
-            raise InvalidInput(f"{text_id!r} has no held-out text to score")
-        ok, how = source.availability()
+        ok, how = get_source(text_id).availability()
         if not ok:
             raise TaskUnavailableError(f"perplexity text {text_id!r} is unavailable here: {how}")
-    unknown = [t for t in suite.tasks if t not in TASKS]
-    if unknown:
-        raise InvalidInput(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     tasks, skipped = [], []
     for task in suite.tasks:
         ok, how = task_available(task)

@@ -138,34 +138,10 @@ def _suite(data, path: str):
     for key in data:
         if key not in known:
             raise SpecError(f"{path}.{key}", f"unknown suite field; known: {', '.join(sorted(known))}")
-    data = {**data, "name": data.get("name", "custom")}
-    for key in ("ppl_texts", "tasks"):
-        if key in data:
-            if isinstance(data[key], str) or not isinstance(data[key], (list, tuple)):
-                raise SpecError(f"{path}.{key}", f"expected a list, got {data[key]!r}")
-            data[key] = tuple(data[key])
-    suite = Suite(**data)
-    _check_suite(suite, path)
-    return suite
-
-
-def _check_suite(suite, path: str) -> None:
-    """Every task and perplexity text must exist (availability here is the run's concern: a mirror may
-    appear later), and the numbers must be positive."""
-    from ..data.registry import SOURCES
-    from ..evaluate import TASKS
-    for i, task in enumerate(suite.tasks):
-        if task not in TASKS:
-            raise SpecError(f"{path}.tasks[{i}]", f"unknown task {task!r}; known: {', '.join(TASKS)}")
-    texts = [s for s in SOURCES if not SOURCES[s].synthetic]
-    for i, text in enumerate(suite.ppl_texts):
-        if text != "auto" and text not in texts:
-            raise SpecError(f"{path}.ppl_texts[{i}]", f"no held-out text {text!r}; use auto or one of: {', '.join(texts)}")
-    for name in ("ppl_seq_len", "ppl_windows", "task_limit", "batch_size"):
-        value = getattr(suite, name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < (2 if name == "ppl_seq_len" else 1)):
-            raise SpecError(f"{path}.{name}", f"expected a positive integer{' >= 2' if name == 'ppl_seq_len' else ''}"
-                                              f"{'' if name == 'ppl_seq_len' else ' or null'}, got {value!r}")
+    try:
+        return Suite(**{**data, "name": data.get("name", "custom")})
+    except FieldError as err:
+        raise SpecError(f"{path}.{err.field}", str(err)) from err
 
 
 def _check_context(model: str, calibration, suite, prefix: str) -> None:
@@ -180,6 +156,15 @@ def _check_context(model: str, calibration, suite, prefix: str) -> None:
     if suite.ppl_seq_len > limit:
         raise SpecError(f"{prefix}eval.ppl_seq_len", f"{suite.ppl_seq_len} tokens exceed the context of {model} "
                                                      f"({limit}); use at most {limit}")
+
+
+def spec_data(normalized: dict) -> dict:
+    """A normalised spec (``RunSpec.normalized()``, as stored) as ``parse_spec`` input: calibration only
+    for methods that take it."""
+    data = {k: normalized[k] for k in ("model", "dtype", "method", "eval", "batch_size")}
+    if normalized.get("calibration") is not None:
+        data["calibration"] = normalized["calibration"]
+    return data
 
 
 def parse_spec(data: dict, path: str = "") -> RunSpec:
