@@ -60,17 +60,9 @@ def check_key_scheme(db: sqlite3.Connection, path: Path, writable: bool) -> None
         db.execute("INSERT OR REPLACE INTO meta VALUES ('key_scheme', ?)", (KEY_SCHEME,))
 
 
-def _spec_data(normalized: dict) -> dict:
-    """A stored normalised spec as parse_spec input (it omits calibration for methods that take none)."""
-    data = {k: normalized[k] for k in ("model", "dtype", "method", "eval", "batch_size")}
-    if normalized.get("calibration") is not None:
-        data["calibration"] = normalized["calibration"]
-    return data
-
-
 def migrate(path: str | Path) -> dict:
     """Re-key a code-digest store in place (backup first). Returns counts of what happened."""
-    from .spec import parse_spec
+    from .spec import parse_spec, spec_data
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no results store at {path}")
@@ -91,7 +83,7 @@ def migrate(path: str | Path) -> dict:
             if record.get("code_version") != LEGACY_CURRENT.get(normalized["method"]["name"]):
                 stale += 1
                 continue
-            spec = parse_spec(_spec_data(normalized))
+            spec = parse_spec(spec_data(normalized))
             record["versions"] = spec.versions()
             record["legacy_code_version"] = record.pop("code_version")
             kept.append((spec.key, "done", spec.label(), json.dumps(spec.normalized(), sort_keys=True),

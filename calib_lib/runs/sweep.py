@@ -25,7 +25,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInput
-from .spec import RunSpec, SpecError, parse_spec
+from .spec import RunSpec, SpecError, parse_spec, spec_data
 from .store import Store
 
 WAIT_POLL_S = 5.0        # how often a sweep looks again at runs that another sweep is computing
@@ -230,7 +230,7 @@ def _run_ray(batches, store, address, summary, bar, num_cpus):
         largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
         task = ray.remote(num_cpus=max(1, min(threads, int(largest))))(_remote_execute)
         for batch in batches:
-            futures = {task.remote(_spec_dict(spec), threads): spec for spec in batch}
+            futures = {task.remote(spec_data(spec.normalized()), threads): spec for spec in batch}
             while futures:
                 ready, _ = ray.wait(list(futures), num_returns=1)
                 spec = futures.pop(ready[0])
@@ -243,12 +243,3 @@ def _run_ray(batches, store, address, summary, bar, num_cpus):
     finally:
         if started_here:
             ray.shutdown()
-
-
-def _spec_dict(spec: RunSpec) -> dict:
-    n = spec.normalized()
-    data = {"model": n["model"], "dtype": n["dtype"], "method": n["method"], "eval": n["eval"],
-            "batch_size": n["batch_size"]}
-    if n["calibration"] is not None:
-        data["calibration"] = n["calibration"]
-    return data
