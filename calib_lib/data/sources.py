@@ -59,17 +59,19 @@ class SourceUnavailableError(Unavailable):
 
 @dataclass(frozen=True)
 class Source:
-    """A calibration source: subclasses implement ``availability`` and ``build``."""
+    """A calibration source: subclasses implement ``build``; those with a corpus of their own
+    (``CorpusSource``) also ``availability``."""
     id: str
     domain: str
     description: str
     version: int = 1
-    synthetic = False            # True: no corpus of its own (no held-out text to score)
+    synthetic = True             # False: a corpus of its own, with held-out text to score (CorpusSource)
     uses_strategy = False        # True: the spec's ``strategy`` decides the windows
+    note = "synthetic (needs only the model)"       # what a source without a corpus needs
 
     def availability(self) -> tuple[bool, str]:
-        """(available here, which backend or why not)."""
-        raise NotImplementedError
+        """(available here, which backend or why not): a source without a corpus always is."""
+        return True, self.note
 
     def options(self, spec) -> dict:
         """The spec fields beyond the common ones that determine this source's data (enter the run key)."""
@@ -111,6 +113,7 @@ class PoolSource(Source):
 @dataclass(frozen=True)
 class CorpusSource(PoolSource):
     backends: tuple[Backend, ...] = ()
+    synthetic = False
 
     def availability(self) -> tuple[bool, str]:
         reasons = []
@@ -131,10 +134,7 @@ class CorpusSource(PoolSource):
 
 @dataclass(frozen=True)
 class CustomSource(PoolSource):
-    synthetic = True
-
-    def availability(self):
-        return True, "any local file (--path); hub dataset ids when online"
+    note = "any local file (--path); hub dataset ids when online"
 
     def options(self, spec) -> dict:
         return {"path": spec.path, "text_field": spec.text_field}
@@ -189,11 +189,6 @@ def random_vocab_ids(tokenizer) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RandomVocabSource(Source):
-    synthetic = True
-
-    def availability(self):
-        return True, "synthetic (needs only the model)"
-
     def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
         started = time.time()
         vocab = random_vocab_ids(tokenizer)
@@ -204,11 +199,6 @@ class RandomVocabSource(Source):
 
 @dataclass(frozen=True)
 class SelfSource(Source):
-    synthetic = True
-
-    def availability(self):
-        return True, "synthetic (needs only the model)"
-
     def options(self, spec) -> dict:
         return {"t_init": float(spec.t_init), "t_final": float(spec.t_final),
                 "schedule_steps": spec.schedule_steps, "stopword_first": spec.stopword_first}
