@@ -29,7 +29,7 @@ def test_sample_count_finding_reports_the_curve_and_last_step_share():
     # perplexity 100 -> 45 over the grid; the last step 50 -> 45 is 5 / 55 of that change (on raw perplexity,
     # as notebook 01 reports it; claim F3 measures the same share on log perplexity)
     share = round(100 * 5 / 55)
-    assert f"perplexity 100.0 with 1 sample(s), 50.0 with 16 and 45.0 with 64" in text
+    assert "perplexity 100.0 with 1 sample(s), 50.0 with 16 and 45.0 with 64" in text
     assert f"brought {share}% of the total change" in text and text.endswith("Dense perplexity: 25.0.")
     no_tasks = summaries.sample_count_finding(*summaries.sample_count_analysis(table, ["ppl:geomean"]), 25.0)
     assert summaries.NO_TASKS in no_tasks

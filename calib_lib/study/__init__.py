@@ -11,7 +11,7 @@ from . import summaries
 from .findings_io import load_findings, save_finding
 from .grids import (GRIDS, StudyGrid, dense_grid, run, sample_count_grid, seed_variance_grid,
                     self_calibration_grid, sequence_length_grid, source_domain_grid)
-from .labels import fmt, method_family, method_label, methods_of_family
+from .labels import fmt, method_family, method_label
 from .session import NotebookSession, headline_metrics, setup
 from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, PROFILES, PYPI_SOURCES, SPARSEGPT, SPQR3, WANDA, Profile,
                        available_real_sources, describe_budget, get_profile, resolve_sources, suite_fields)
@@ -19,7 +19,7 @@ from .tables import (has_accuracy, long_metrics, ppl_columns, rank_of, same_doma
 
 __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "NotebookSession", "PROFILES", "PYPI_SOURCES", "SPARSEGPT", "SPQR3", "WANDA", "Profile",
            "StudyGrid", "available_real_sources", "dense_grid", "describe_budget", "fmt", "get_profile",
-           "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label", "methods_of_family",
+           "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label",
            "ppl_columns", "rank_of", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
            "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "setup",
            "source_domain_grid", "suite_fields", "summaries", "task_columns", "wide"]

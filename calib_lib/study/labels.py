@@ -22,10 +22,6 @@ def method_family(name: str) -> str:
     return METHODS[name].family if name in METHODS else "none"
 
 
-def methods_of_family(family: str) -> tuple[str, ...]:
-    return tuple(name for name, cls in METHODS.items() if cls.family == family)
-
-
 def fmt(value: float, digits: int = 2) -> str:
     """A number for prose: NaN reads as 'n/a'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
