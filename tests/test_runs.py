@@ -14,9 +14,10 @@ import yaml
 from calib_lib.runs import SpecError, Store, expand_grid, parse_spec, run_specs, status
 from conftest import REPO
 
-# wanda-layer: the key of a run stored before the default order became "block"; naming the order keeps it.
-PINNED_KEYS = {"wanda": "a352ef1c712dc0d90531b1cb1bab2d9e", "wanda-layer": "271ad721d9a06423f8b9c73f39564f57",
-               "dense": "7e02dd93838364875b40650ebd0a387a"}
+# Evaluation version 2 (per-document records, PackedLM, KL to the dense model) gave every run a new key.
+# wanda-layer: naming the layer order (the default before 2026-11-25) keeps a key apart from the block order's.
+PINNED_KEYS = {"wanda": "d3595cff289b6f496dbff8ff212fad6d", "wanda-layer": "1a6e5a663c086dcff16d54c147eab3cc",
+               "dense": "2229f85772bd0f91ed81384f4fba3232"}
 
 TINY_EVAL = {"ppl_texts": ["news"], "ppl_windows": 2, "ppl_seq_len": 32}
 BASE = {"model": "tiny-llama", "eval": TINY_EVAL, "calibration": {"num_samples": 4, "seq_len": 32}}
@@ -106,7 +107,7 @@ def test_keys_survive_refactors():
     assert spec(method={**gptq, "group_grid": "reference"}).key != spec(method=gptq).key
     assert parse_spec({"model": "smollm2-135m", "method": "dense", "eval": "quick"}).key == PINNED_KEYS["dense"]
     assert spec(method={"name": "gptq", "bits": 3}).versions() == {
-        "model_loading": 1, "evaluation": 1, "method": 1, "pipeline": 1, "source": 1, "strategy": 1}
+        "model_loading": 1, "evaluation": 2, "method": 1, "pipeline": 1, "source": 1, "strategy": 1}
 
 
 def test_store_is_atomic_without_duplicates_and_keeps_done_runs(tmp_path):

@@ -1,15 +1,22 @@
-"""evaluate(model, tokenizer, suite) -> tidy records (one row per metric), all inputs checked up front.
+"""score(model, tokenizer, suite) -> metrics (one tidy row per metric) and per-document records; all inputs
+checked up front. ``evaluate()`` is its metrics alone.
 
 Perplexity texts: ``wikitext2`` is the standard WikiText-2 test string in order (non-overlapping
 windows from its start, as GPTQ/SparseGPT/Wanda); every other source id scores a fixed seeded set of
 windows from its held-out part (documents in a seeded order, concatenated, cut into windows), so the
 same source's calibration pool never overlaps what is scored. ``auto`` means wikitext2 where available,
 else wikipedia. Tasks run through lm-eval (see ``tasks.py``).
+
+Fidelity to the dense model (``kl_to_dense``): for every perplexity text, the mean KL divergence of the
+next-token distribution from the dense model's, its 99th percentile over tokens and top-1 agreement (as
+llama.cpp's perplexity tool reports them for quantized models), against the dense model's reference kept
+in the cache (``fidelity.py``). The reference is computed from the uncompressed model once per (model, text,
+windows); ``runs.runner`` does so before it compresses.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -21,7 +28,9 @@ from .tasks import TASKS, TaskUnavailableError, run_tasks, task_available
 
 # The evaluation protocol's version (windows, task plumbing, metrics): enters every run key. Bump it when a
 # change moves any evaluation number (tests/test_golden.py checks).
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2
+# 2: per-document records with every run; tasks scored through PackedLM (HFLM's numbers to 1e-4, each shared
+#    context forwarded once); optional KL to the dense model.
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,7 @@ class Suite:
     optional_tasks: bool = False         # skip (and record) tasks whose data is not available here
     seed: int = 1234
     batch_size: int | None = None        # lm-eval batch; None: chosen from the vocabulary size
+    kl_to_dense: bool = False            # KL/top-1 agreement to the dense model's reference on every text
 
     def __post_init__(self):
         # A suite checks itself where it is made (a run spec, a profile, a caller), as CalibrationSpec and
@@ -53,6 +63,8 @@ class Suite:
         for i, text in enumerate(self.ppl_texts):
             if text != "auto" and text not in texts:
                 raise FieldError(f"ppl_texts[{i}]", f"no held-out text {text!r}; use auto or one of: {', '.join(texts)}")
+        if not isinstance(self.kl_to_dense, bool):
+            raise FieldError("kl_to_dense", f"expected true or false, got {self.kl_to_dense!r}")
         for name, low, nullable in (("ppl_seq_len", 2, False), ("ppl_windows", 1, True), ("task_limit", 1, True),
                                     ("batch_size", 1, True)):
             value = getattr(self, name)
@@ -127,20 +139,62 @@ def plan(model, suite: Suite) -> tuple[list[str], list[str], list[dict]]:
     return texts, tasks, skipped
 
 
-def evaluate(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bool = True) -> list[dict]:
-    """Tidy records, one per metric: kind, name, metric, value, stderr, n (tokens or documents), seconds."""
+def ensure_dense_references(model, tokenizer, suite: str | Suite | dict, model_id: str, *,
+                            progress: bool = False) -> None:
+    """Make sure the dense reference of every perplexity text of ``suite`` is cached: ``model`` must be the
+    dense model ``model_id`` names (``fidelity.model_identity``). A no-op for a suite without ``kl_to_dense``."""
+    from .fidelity import ensure_reference
+    suite = get_suite(suite)
+    if not suite.kl_to_dense:
+        return
+    texts, _, _ = plan(model, replace(suite, tasks=()))
+    for text_id in texts:
+        windows = evaluation_windows(text_id, tokenizer, suite.ppl_seq_len, suite.ppl_windows, suite.seed)
+        ensure_reference(model, windows, model_id=model_id, text_id=text_id, progress=progress)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: list            # tidy records, one per metric
+    documents: list          # records.DocumentBlock per task and per perplexity text
+
+
+def score(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bool = True,
+          model_id: str | None = None) -> Evaluation:
+    """Metrics and per-document records of ``model`` on ``suite``.
+
+    ``model_id`` names the dense reference to compare with when the suite asks for ``kl_to_dense``
+    (``fidelity.model_identity``); the reference must exist (``ensure_dense_references``).
+    """
+    from .fidelity import load_reference
+    from .records import DocumentBlock
     suite = get_suite(suite)
     texts, tasks, records = plan(model, suite)
+    if suite.kl_to_dense and texts and model_id is None:
+        raise InvalidInput(f"suite {suite.name!r} asks for KL to the dense model: pass model_id (the dense "
+                           "reference's identity, calib_lib.evaluate.fidelity.model_identity) or set kl_to_dense false")
+    blocks = []
     for text_id in texts:
         started = time.time()
         windows = evaluation_windows(text_id, tokenizer, suite.ppl_seq_len, suite.ppl_windows, suite.seed)
-        result = perplexity(model, windows, progress=progress, desc=f"ppl {text_id}")
-        records.append({"kind": "perplexity", "name": text_id, "metric": "perplexity",
-                        "value": result.perplexity, "stderr": None, "n": result.scored_tokens,
-                        "windows": result.windows, "seq_len": result.seq_len,
-                        "seconds": time.time() - started})
+        reference = load_reference(model_id, text_id, windows) if suite.kl_to_dense else None
+        result = perplexity(model, windows, progress=progress, desc=f"ppl {text_id}", reference=reference)
+        seconds = time.time() - started
+        common = {"kind": "perplexity", "name": text_id, "stderr": None, "n": result.scored_tokens,
+                  "windows": result.windows, "seq_len": result.seq_len, "seconds": seconds}
+        records.append({**common, "metric": "perplexity", "value": result.perplexity})
+        columns = {"doc_id": np.arange(result.windows), "nll": np.asarray(result.window_nll),
+                   "tokens": np.asarray(result.window_tokens)}
+        if reference is not None:
+            for metric, value in (("kl_mean", result.kl_mean), ("kl_p99", result.kl_p99),
+                                  ("top1_agreement", result.top1_agreement)):
+                records.append({**common, "metric": metric, "value": value})
+            columns.update(kl_sum=np.asarray(result.window_kl), top1_matches=np.asarray(result.window_top1))
+        blocks.append(DocumentBlock("perplexity", text_id, columns))
     if tasks:
-        results, seconds = run_tasks(model, tokenizer, tasks, suite.task_limit, suite.seed, suite.batch_size)
+        results, seconds, task_blocks = run_tasks(model, tokenizer, tasks, suite.task_limit, suite.seed,
+                                                  suite.batch_size)
+        blocks.extend(task_blocks)
         for r in results:
             records.append({"kind": "task", "name": r.task, "metric": r.metric, "value": r.value,
                             "stderr": r.stderr, "n": r.docs, "seconds": seconds[r.task]})
@@ -148,4 +202,10 @@ def evaluate(model, tokenizer, suite: str | Suite | dict = "quick", *, progress:
         if accs:
             records.append({"kind": "task", "name": "mean", "metric": "acc", "value": float(np.mean(accs)),
                             "stderr": None, "n": len(accs), "seconds": sum(seconds.values())})
-    return records
+    return Evaluation(records, blocks)
+
+
+def evaluate(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bool = True,
+             model_id: str | None = None) -> list[dict]:
+    """Tidy records, one per metric: kind, name, metric, value, stderr, n (tokens or documents), seconds."""
+    return score(model, tokenizer, suite, progress=progress, model_id=model_id).metrics

@@ -132,9 +132,14 @@ class TaskUnavailableError(Unavailable):
     pass
 
 
+DOC_ID = "calib_doc_id"      # a document's index in the task's full test split, added before any subset
+
+
 def _seeded_subset(limit: int | None, seed: int, inner=None):
-    """process_docs that keeps a seeded subset of ``limit`` documents (in their original order)."""
+    """process_docs that numbers every document (``DOC_ID``: a stable id for per-document records, whatever
+    subset is scored) and keeps a seeded subset of ``limit`` documents (in their original order)."""
     def process(dataset):
+        dataset = dataset.add_column(DOC_ID, list(range(len(dataset))))
         if inner is not None:
             dataset = inner(dataset)
         if limit is None or limit >= len(dataset):
@@ -185,13 +190,6 @@ class TaskResult:
     docs: int
 
 
-def task_batch_size(model, longest: int = 512) -> int:
-    """Requests per lm-eval batch, bounding the fp32 logits (batch x length x vocab) to ~2 GiB:
-    Gemma's 262k-token vocabulary would need ~9 GiB of logits at 16 x 512."""
-    vocab = getattr(model.config, "vocab_size", 32000)
-    return max(1, min(16, (1 << 29) // (vocab * longest)))
-
-
 def _git_hash_quietly() -> str | None:
     """lm-eval's ``get_git_commit_hash``, without git's complaint on stderr outside a checkout."""
     import subprocess
@@ -201,47 +199,105 @@ def _git_hash_quietly() -> str | None:
         return None
 
 
+def _gold(task, doc, choices: list[str]) -> int:
+    """The gold choice exactly as lm-eval's multiple-choice scoring finds it (``ConfigurableTask.
+    process_results``): the text function for multiple-input tasks (WinoGrande), else the target, as an index
+    or as one of the choices."""
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    if isinstance(gold, str):
+        gold = int(gold) if gold.isdigit() else choices.index(gold)
+    return int(gold)
+
+
+def _task_documents(task, samples: list[dict], encode) -> list[dict]:
+    """Per-document records from lm-eval's logged samples; ``encode(context, continuation)`` gives the
+    continuation's token count (lm-eval's own encoding of the pair)."""
+    docs = []
+    for sample in samples:
+        doc = sample["doc"]
+        lls, greedy = zip(*sample["filtered_resps"])
+        continuations = [args[1] for args in sample["arguments"]]
+        tokens = [encode(*args) for args in sample["arguments"]]
+        if task.OUTPUT_TYPE == "multiple_choice":
+            choices = task.doc_to_choice(doc)
+            gold = _gold(task, doc, choices)
+            chars = [len(c) for c in choices]          # what lm-eval divides by for acc_norm
+        else:                                          # loglikelihood (LAMBADA): one continuation, the target
+            gold, chars = -1, [len(c) for c in continuations]
+        docs.append({"doc_id": int(doc.get(DOC_ID, sample["doc_id"])), "gold": gold,
+                     "loglik": [float(x) for x in lls], "greedy": [bool(x) for x in greedy],
+                     "tokens": tokens, "chars": chars,
+                     "correct": float(sample["acc"]) if "acc" in sample else float("nan"),
+                     "correct_norm": float(sample["acc_norm"]) if "acc_norm" in sample else float("nan")})
+    return docs
+
+
+def _aggregate(task: str, block, lm_eval_metrics: dict, docs: int) -> list[TaskResult]:
+    """Each metric derived from the per-document rows, checked against lm-eval's own aggregate of the
+    same documents (a mismatch is a bug in the extraction, never a user error)."""
+    rows = block.rows()
+    results = []
+    for key, theirs in lm_eval_metrics.items():
+        if "," not in key or key.startswith("alias") or "_stderr" in key:
+            continue
+        metric = key.split(",")[0]
+        stderr = lm_eval_metrics.get(f"{metric}_stderr,none")
+        stderr = float(stderr) if isinstance(stderr, (int, float)) else None
+        if metric in ("acc", "acc_norm"):
+            values = rows["correct" if metric == "acc" else "correct_norm"]
+            ours = float(np.mean(values))
+        elif metric == "perplexity":                   # LAMBADA: exp of the mean negative log-likelihood
+            ours = float(np.exp(-np.mean(rows["gold_loglik"])))
+        else:
+            ours = float(theirs)
+        if not np.isclose(ours, float(theirs), rtol=1e-9, atol=1e-12):
+            raise RuntimeError(f"{task} {metric}: per-document rows give {ours}, lm-eval {theirs}")
+        results.append(TaskResult(task, metric, ours, stderr, docs))
+    return results
+
+
 def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None, seed: int = 1234,
-              batch_size: int | None = None) -> tuple[list[TaskResult], dict[str, float]]:
-    """Evaluate the in-memory ``model`` on ``tasks``; returns (results, seconds per task)."""
+              batch_size: int | None = None, packed: bool = True):
+    """Evaluate the in-memory ``model`` on ``tasks``.
+
+    Returns (results, seconds per task, per-document blocks). ``packed`` scores through ``PackedLM`` (each
+    multiple-choice context forwarded once for all its choices; same numbers as lm-eval's HFLM to 1e-4),
+    else through HFLM itself.
+    """
     import time
 
     import lm_eval.evaluator
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from .fast_lm import make_lm
+    from .records import task_block
 
     # lm-eval records the git hash of the working directory with git's stderr attached to ours, so
     # every evaluation outside a checkout printed "fatal: not a git repository". Same hash, quietly.
     lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
 
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise InvalidInput(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     configs = []
     for task in tasks:
         ok, how = task_available(task)
         if not ok:
             raise TaskUnavailableError(f"task {task!r} is unavailable: {how}")
         configs.append(offline_config(task, limit, seed) if how == "mirror" else REGISTRY[task].builtin or task)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, device=str(next(model.parameters()).device),
-              batch_size=batch_size or task_batch_size(model))
+    lm = make_lm(model, tokenizer, batch_size=batch_size, packed=packed)     # None: bounded by the logits' size
+    encode = getattr(lm, "continuation_token_count", None) or (lambda ctx, cont: len(lm._encode_pair(ctx, cont)[1]))
     manager = TaskManager(include_defaults=any(isinstance(c, str) for c in configs))
-    results, seconds = [], {}
+    results, seconds, blocks = [], {}, []
     for task, config in zip(tasks, configs):
         started = time.time()
-        out = simple_evaluate(model=lm, tasks=[config], task_manager=manager, num_fewshot=0,
+        (task_object,) = manager.load([config])["tasks"].values()
+        out = simple_evaluate(model=lm, tasks=[task_object], task_manager=manager, num_fewshot=0,
                               limit=limit if isinstance(config, str) else None, bootstrap_iters=100,
-                              log_samples=False, random_seed=seed, numpy_random_seed=seed,
+                              log_samples=True, random_seed=seed, numpy_random_seed=seed,
                               torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
         seconds[task] = time.time() - started
         (name, metrics), = out["results"].items()
         docs = out["n-samples"][name]["effective"]
-        for key, value in metrics.items():
-            if "," not in key or key.startswith("alias") or "_stderr" in key:
-                continue
-            metric = key.split(",")[0]
-            stderr = metrics.get(f"{metric}_stderr,none")
-            results.append(TaskResult(task, metric, float(value),
-                                      float(stderr) if isinstance(stderr, (int, float)) else None, docs))
-    return results, seconds
+        block = task_block(task, _task_documents(task_object, out["samples"][name], encode))
+        blocks.append(block)
+        results.extend(_aggregate(task, block, metrics, docs))
+    return results, seconds, blocks

@@ -61,7 +61,9 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     from ..compress import compress
     from ..data.diagnostics import diagnostics
     from ..data.sampling import sample
-    from ..evaluate import evaluate
+    from ..evaluate.fidelity import model_identity
+    from ..evaluate.records import pack_blocks
+    from ..evaluate.suite import ensure_dense_references, score
 
     timings = {}
     started = time.time()
@@ -69,6 +71,13 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     timings["load"] = time.time() - started
     record: dict = {"versions": spec.versions(),
                     "model_provenance": model.calib_provenance.to_dict()}
+    model_id = model_identity(spec.model, spec.dtype)          # the dense model this run is compared with
+    if spec.suite.kl_to_dense:
+        # The dense model's next-token distributions on the suite's texts, cached once per (model, text,
+        # windows): computed now, while the weights in memory are still the uncompressed ones.
+        t = time.time()
+        ensure_dense_references(model, tokenizer, spec.suite, model_id, progress=progress)
+        timings["dense_reference"] = time.time() - t
     calibration = None
     if spec.calibration is not None:
         t = time.time()
@@ -86,7 +95,9 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
         record["compression"] = {"damping_retries": report["damping_retries"],
                                  "mean_layer_sparsity": sum(sparsities) / len(sparsities) if sparsities else None}
     t = time.time()
-    record["metrics"] = evaluate(model, tokenizer, spec.suite, progress=progress)
+    evaluation = score(model, tokenizer, spec.suite, progress=progress, model_id=model_id)
+    record["metrics"] = evaluation.metrics
+    record["documents"] = pack_blocks(evaluation.documents)      # the store keeps them in their own table
     timings["evaluation"] = time.time() - t
     timings["total"] = time.time() - started
     record["timings"] = timings

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS runs (
     record     TEXT NOT NULL,
     finished   REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS documents (
+    key        TEXT NOT NULL,          -- the run
+    kind       TEXT NOT NULL,          -- task or perplexity
+    name       TEXT NOT NULL,          -- the task or the text
+    data       BLOB NOT NULL,          -- evaluate.records.DocumentBlock, packed (compressed npz)
+    PRIMARY KEY (key, kind, name)
+);
 CREATE TABLE IF NOT EXISTS leases (
     key        TEXT PRIMARY KEY,       -- a run that a sweep is computing now
     owner      TEXT NOT NULL,          -- that sweep: pid@host~token
@@ -160,8 +167,11 @@ class Store:
                              f"(SQLite: {err})") from err
 
     def put(self, key: str, status: str, label: str, spec: dict, record: dict) -> None:
-        """Write one run in a single transaction and release its lease. A done run is never replaced
-        by a failed one."""
+        """Write one run, with its per-document records (``record["documents"]``: ``{"kind/name": packed
+        bytes}``, kept in their own table), in a single transaction and release its lease. A done run is
+        never replaced by a failed one."""
+        record = dict(record)
+        documents = record.pop("documents", None) or {}
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
@@ -169,6 +179,10 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
                            (key, status, label, json.dumps(spec, sort_keys=True),
                             json.dumps(record, default=str), time.time()))
+                db.execute("DELETE FROM documents WHERE key = ?", (key,))
+                for where, blob in documents.items():
+                    kind, _, name = where.partition("/")
+                    db.execute("INSERT INTO documents VALUES (?, ?, ?, ?)", (key, kind, name, sqlite3.Binary(blob)))
             db.execute("DELETE FROM leases WHERE key = ?", (key,))     # settled: nobody needs to hold it
             db.execute("COMMIT")
 
@@ -267,7 +281,62 @@ class Store:
             base = {"key": run["key"], "model": spec["model"], "method": spec["method"]["name"],
                     **{f"method.{k}": v for k, v in spec["method"].items() if k != "name"},
                     **{f"calibration.{k}": v for k, v in cal.items()},
-                    "suite": spec["eval"]["name"], "calibration_fingerprint": run.get("calibration_fingerprint")}
+                    "suite": spec["eval"]["name"], "batch_size": spec.get("batch_size"),
+                    "replicate": spec.get("replicate", 0),
+                    "calibration_fingerprint": run.get("calibration_fingerprint")}
             for metric in run["metrics"]:
                 rows.append({**base, **{k: v for k, v in metric.items() if k != "seconds"}})
         return pd.DataFrame(rows)
+
+    # -- per-document records ----------------------------------------------------------------------
+
+    def _blocks(self, keys=None):
+        """(run key, label, DocumentBlock) of every finished run (or of ``keys``) that has records."""
+        from ..evaluate.records import DocumentBlock
+        with self._connect() as db:
+            has_table = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'documents'").fetchone()
+            rows = [] if has_table is None else db.execute(
+                "SELECT d.key, r.label, d.kind, d.name, d.data FROM documents d JOIN runs r ON r.key = d.key "
+                "WHERE r.status = 'done' ORDER BY r.finished, d.kind, d.name").fetchall()
+        wanted = None if keys is None else set(keys)
+        blocks = [(k, label, DocumentBlock.unpack(kind, name, blob)) for k, label, kind, name, blob in rows
+                  if wanted is None or k in wanted]
+        if not blocks:
+            which = "" if keys is None else " for the runs asked for"
+            raise StoreError(f"{self.path} has no per-document records{which}: its runs were scored before "
+                             "evaluation version 2 (or have no evaluation); rerun their specs (calib run / calib "
+                             "study computes every run whose key changed) to record them")
+        return blocks
+
+    def documents(self, keys=None):
+        """One row per (run key, kind, name, doc_id): ``correct``, ``correct_norm``, ``gold_loglik``,
+        ``best_other_loglik`` (tasks), ``nll``, ``tokens`` (windows: summed NLL and scored tokens; tasks: the
+        gold continuation's tokens), ``kl_sum``, ``top1_matches`` (windows scored against the dense
+        reference); NaN where a column does not apply. Join with ``frame()`` on ``key``."""
+        import pandas as pd
+        parts = []
+        for key, label, block in self._blocks(keys):
+            part = pd.DataFrame(block.rows())
+            part.insert(0, "name", block.name)
+            part.insert(0, "kind", block.kind)
+            part.insert(0, "label", label)
+            part.insert(0, "key", key)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    def choices(self, keys=None):
+        """One row per (run key, task, doc_id, choice): ``is_gold``, ``loglik`` (summed over the
+        continuation), ``tokens``, ``chars``, ``greedy``: enough to rescore any choice rule."""
+        import pandas as pd
+        parts = []
+        for key, label, block in self._blocks(keys):
+            if block.kind != "task":
+                continue
+            part = pd.DataFrame(block.choice_rows())
+            part.insert(0, "name", block.name)
+            part.insert(0, "label", label)
+            part.insert(0, "key", key)
+            parts.append(part)
+        if not parts:
+            raise StoreError(f"{self.path} has per-document records of perplexity windows only, no task choices")
+        return pd.concat(parts, ignore_index=True)

@@ -41,7 +41,8 @@ class Profile:
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
     """The evaluation suite of a profile, as the mapping a run spec's ``eval`` takes."""
     return {"name": name, "ppl_texts": list(ppl_texts), "ppl_windows": windows, "ppl_seq_len": seq_len,
-            "tasks": list(tasks), "task_limit": limit, "optional_tasks": True, "seed": 1234, "batch_size": None}
+            "tasks": list(tasks), "task_limit": limit, "optional_tasks": True, "seed": 1234, "batch_size": None,
+            "kl_to_dense": True}
 
 
 WANDA = {"name": "wanda", "sparsity": 0.5}
