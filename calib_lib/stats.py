@@ -411,3 +411,66 @@ def variance_components(df: pd.DataFrame, value: str, groups: list[str], method:
     return pd.DataFrame({"component": groups + [residual], "variance": variances,
                          "share": [v / total if total > 0 else np.nan for v in variances], "levels": levels,
                          "method": method, "note": notes + [""]})
+
+
+# -- the numerical noise floor (issue #16) ---------------------------------------------------------------
+
+def noise_floor(df: pd.DataFrame, value: str, config: list[str] | str) -> dict:
+    """How much `value` moves between runs of one configuration that differ only in float order
+    (replicates: ``calib_lib.runs.spec.replicates``). `df` has one row per run; `config` names the columns
+    that identify a configuration (every row sharing them is a replicate of it). Returns the pooled SD over
+    configurations (sqrt of the replicate variances averaged with weights n - 1: the within-configuration
+    SD of a one-way layout), its degrees of freedom, the largest replicate range, and a per-configuration
+    table (n, sd, range). Configurations with a single run add nothing; none with two or more gives NaN
+    and a note. Pass a scale-free value (log perplexity, KL, accuracy): the floor of raw perplexity grows
+    with the perplexity."""
+    config = [config] if isinstance(config, str) else list(config)
+    data = df[config + [value]].dropna(subset=[value])
+    per = (data.groupby(config, dropna=False)[value]
+           .agg(n="size", sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else np.nan,
+                range=lambda v: float(np.max(v) - np.min(v)))
+           .reset_index())
+    replicated = per[per["n"] >= 2]
+    if replicated.empty:
+        return {"sd": np.nan, "df": 0, "configs": 0, "runs": int(len(data)), "max_range": np.nan,
+                "table": per, "note": "no configuration has two or more replicate runs"}
+    dof = (replicated["n"] - 1).sum()
+    pooled = float(np.sqrt(((replicated["n"] - 1) * replicated["sd"] ** 2).sum() / dof))
+    return {"sd": pooled, "df": int(dof), "configs": int(len(replicated)), "runs": int(replicated["n"].sum()),
+            "max_range": float(replicated["range"].max()), "table": per, "note": ""}
+
+
+def beyond_noise_floor(difference: float, floor_sd: float, n_a: int = 1, n_b: int = 1,
+                       alpha: float = 0.05) -> dict:
+    """Whether a difference between two configurations' means (over n_a and n_b runs) is larger than
+    float-order noise alone produces: z = |difference| / (floor_sd * sqrt(1/n_a + 1/n_b)), two-sided normal
+    p-value. `threshold` is the smallest |difference| that passes at `alpha`. A floor of exactly 0 (a
+    deterministic method such as magnitude pruning) makes any non-zero difference real."""
+    if n_a < 1 or n_b < 1 or not np.isfinite(floor_sd) or floor_sd < 0:
+        return {"difference": difference, "z": np.nan, "p_value": np.nan, "threshold": np.nan, "beyond": None,
+                "note": "needs a measured noise floor (replicate runs) and n >= 1 on both sides"}
+    se = floor_sd * np.sqrt(1 / n_a + 1 / n_b)
+    critical = float(stats.norm.ppf(1 - alpha / 2))
+    if se == 0:
+        return {"difference": difference, "z": np.inf if difference else 0.0, "p_value": 0.0 if difference else 1.0,
+                "threshold": 0.0, "beyond": bool(difference != 0), "note": "the noise floor is 0: runs are exact"}
+    z = abs(difference) / se
+    p_value = float(2 * stats.norm.sf(z))
+    return {"difference": difference, "z": float(z), "p_value": p_value, "threshold": critical * se,
+            "beyond": bool(p_value < alpha), "note": ""}
+
+
+def paired_documents(documents: pd.DataFrame, key_a: str, key_b: str, value: str,
+                     kinds: tuple[str, ...] = ("task",)) -> pd.DataFrame:
+    """Two runs' per-document `value` side by side (columns a, b), matched on (kind, name, doc_id), from
+    ``Store.documents()``; only documents both runs scored. Feed a, b to ``paired_bootstrap`` or
+    ``mcnemar_exact``."""
+    rows = documents[documents["kind"].isin(kinds)]
+    index = ["kind", "name", "doc_id"]
+    a = rows[rows["key"] == key_a].set_index(index)[value]
+    b = rows[rows["key"] == key_b].set_index(index)[value]
+    if a.empty or b.empty:
+        missing = key_a if a.empty else key_b
+        raise ValueError(f"run {missing} has no per-document {', '.join(kinds)} records in this frame")
+    both = pd.concat({"a": a, "b": b}, axis=1, join="inner").reset_index()
+    return both

@@ -228,3 +228,44 @@ def test_budget_report_flags_comparisons_that_cannot_reach_alpha():
     unknown = power.budget_report(100).set_index("comparison")
     assert np.isnan(unknown.loc["metric of two sets, over their runs", "mde"])
     assert not unknown.loc["metric of two sets, over their runs", "decidable"]      # one run per set
+
+
+# -- the numerical noise floor -----------------------------------------------------------------------------
+
+def test_noise_floor_is_the_within_configuration_sd_of_a_one_way_anova():
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+    rng = np.random.default_rng(11)
+    rows = [{"config": c, "value": mu + rng.normal(0, 0.02)}
+            for c, (mu, n) in enumerate([(3.0, 3), (3.5, 2), (4.1, 4), (5.0, 1)]) for _ in range(n)]
+    df = pd.DataFrame(rows)
+    floor = stats.noise_floor(df, "value", "config")
+    fit = anova_lm(smf.ols("value ~ C(config)", data=df[df["config"] != 3]).fit())
+    assert floor["sd"] == pytest.approx(math.sqrt(fit.loc["Residual", "mean_sq"]), rel=1e-12)
+    assert floor["df"] == int(fit.loc["Residual", "df"]) == 6
+    assert floor["configs"] == 3 and floor["runs"] == 9            # the single run adds nothing
+    assert stats.noise_floor(df[df["config"] == 3], "value", "config")["note"]
+
+
+def test_beyond_noise_floor_keeps_its_level_on_pure_float_noise():
+    """Simulated null: two configurations with the same true value, three replicates each, noise SD known
+    from a pooled floor: 'beyond' comes out about alpha of the time, and a real shift is found."""
+    rng = np.random.default_rng(12)
+    hits = 0
+    for _ in range(2000):
+        a, b = rng.normal(0, 0.05, 3), rng.normal(0, 0.05, 3)
+        hits += stats.beyond_noise_floor(a.mean() - b.mean(), 0.05, 3, 3)["beyond"]
+    assert 0.03 < hits / 2000 < 0.07
+    assert stats.beyond_noise_floor(0.2, 0.05, 3, 3)["beyond"]
+    exact = stats.beyond_noise_floor(0.001, 0.0)
+    assert exact["beyond"] and exact["threshold"] == 0.0
+    assert stats.beyond_noise_floor(0.1, float("nan"))["beyond"] is None
+
+
+def test_paired_documents_matches_runs_on_the_same_documents():
+    docs = pd.DataFrame({"key": ["a"] * 3 + ["b"] * 3, "kind": "task", "name": "copa",
+                         "doc_id": [1, 2, 3, 2, 3, 4], "correct": [1, 0, 1, 1, 1, 0]})
+    both = stats.paired_documents(docs, "a", "b", "correct")
+    assert both["doc_id"].tolist() == [2, 3] and both["a"].tolist() == [0, 1] and both["b"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match="run c has no"):
+        stats.paired_documents(docs, "a", "c", "correct")

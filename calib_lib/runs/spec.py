@@ -22,7 +22,13 @@ from dataclasses import dataclass, fields
 
 from ..errors import FieldError, InvalidInput
 
-TOP_LEVEL = {"model", "method", "calibration", "eval", "dtype", "batch_size"}
+TOP_LEVEL = {"model", "method", "calibration", "eval", "dtype", "batch_size", "replicate"}
+
+# Numerical-noise replicates of one configuration differ only in float order: the driver forwards the
+# calibration set through each block in batches of this many samples, so the per-layer sums (Hessians,
+# activation norms) are accumulated in a different order. Replicate 0 is the run itself.
+REPLICATE_BATCH_SIZES = (8, 4, 16, 2, 32)
+FLOAT_ORDER_FIELDS = ("batch_size", "replicate")
 
 
 class SpecError(InvalidInput):
@@ -40,12 +46,16 @@ class RunSpec:
     suite: object                    # evaluate.Suite
     dtype: str = "float32"
     batch_size: int = 8
+    replicate: int = 0               # > 0: a numerical-noise replicate (see REPLICATE_BATCH_SIZES)
 
     def normalized(self) -> dict:
-        return {"model": self.model, "dtype": self.dtype,
+        data = {"model": self.model, "dtype": self.dtype,
                 "method": {"name": self.method, **dict(self.method_params)},
                 "calibration": self.calibration.normalized() if self.calibration else None,
                 "eval": self.suite.to_dict(), "batch_size": self.batch_size}
+        if self.replicate:           # only replicates carry the tag: a plain run's key does not change
+            data["replicate"] = self.replicate
+        return data
 
     def versions(self) -> dict:
         return component_versions(self)
@@ -65,7 +75,8 @@ class RunSpec:
         method = self.method_object()
         cal = self.calibration
         where = f" {cal.source}/{cal.num_samples}x{cal.seq_len}/set{cal.set_index}" if cal else ""
-        return f"{self.model} {method.label() if method else 'dense'}{where}"
+        again = f" replicate{self.replicate}(batch {self.batch_size})" if self.replicate else ""
+        return f"{self.model} {method.label() if method else 'dense'}{where}{again}"
 
 
 def _check_type(path: str, value, expected: type):
@@ -161,7 +172,8 @@ def _check_context(model: str, calibration, suite, prefix: str) -> None:
 def spec_data(normalized: dict) -> dict:
     """A normalised spec (``RunSpec.normalized()``, as stored) as ``parse_spec`` input: calibration only
     for methods that take it."""
-    data = {k: normalized[k] for k in ("model", "dtype", "method", "eval", "batch_size")}
+    data = {k: normalized[k] for k in ("model", "dtype", "method", "eval", "batch_size", "replicate")
+            if k in normalized}
     if normalized.get("calibration") is not None:
         data["calibration"] = normalized["calibration"]
     return data
@@ -190,8 +202,44 @@ def parse_spec(data: dict, path: str = "") -> RunSpec:
     batch_size = _check_type(f"{prefix}batch_size", data.get("batch_size", 8), int)
     if batch_size <= 0:
         raise SpecError(f"{prefix}batch_size", f"must be positive, got {batch_size}")
+    replicate = _check_type(f"{prefix}replicate", data.get("replicate", 0), int)
+    if replicate < 0:
+        raise SpecError(f"{prefix}replicate", f"must be 0 (the run itself) or a replicate number >= 1, got {replicate}")
     _check_context(model, calibration, suite, prefix)
-    return RunSpec(model, method, params, calibration, suite, dtype, batch_size)
+    return RunSpec(model, method, params, calibration, suite, dtype, batch_size, replicate)
+
+
+# -- numerical-noise replicates ------------------------------------------------------------------
+
+def replicates(spec: RunSpec, count: int = 2) -> list[RunSpec]:
+    """``spec`` and ``count`` replicates of it that differ only in float order (the driver's batch size,
+    ``REPLICATE_BATCH_SIZES``), each tagged ``replicate: r`` so it has its own key. The spread of a metric
+    over them is the configuration's numerical noise floor."""
+    from dataclasses import replace
+    sizes = [b for b in REPLICATE_BATCH_SIZES if b != spec.batch_size]
+    if not 0 <= count <= len(sizes):
+        raise InvalidInput(f"replicates: count must be 0..{len(sizes)} (one per batch size of "
+                           f"{REPLICATE_BATCH_SIZES} other than the spec's), got {count}")
+    return [spec] + [replace(spec, batch_size=b, replicate=r) for r, b in enumerate(sizes[:count], start=1)]
+
+
+def float_order_free(normalized: dict) -> str:
+    """A normalised spec without its float-order fields, as JSON: equal for replicates of one configuration."""
+    return json.dumps({k: v for k, v in normalized.items() if k not in FLOAT_ORDER_FIELDS}, sort_keys=True)
+
+
+def check_replicates(normalized_specs: list[dict]) -> None:
+    """Refuse a replicate group whose specs differ in anything but float order (batch size, replicate)."""
+    if len(normalized_specs) < 2:
+        raise InvalidInput(f"a noise floor needs at least two replicates of one configuration, got "
+                           f"{len(normalized_specs)}; make them with calib_lib.runs.spec.replicates(spec)")
+    first = normalized_specs[0]
+    for other in normalized_specs[1:]:
+        differing = sorted(k for k in set(first) | set(other)
+                           if k not in FLOAT_ORDER_FIELDS and first.get(k) != other.get(k))
+        if differing:
+            raise InvalidInput(f"these replicates differ in {', '.join(differing)}, not only in float order "
+                               "(batch_size, replicate): make them with calib_lib.runs.spec.replicates(spec)")
 
 
 # -- versions ------------------------------------------------------------------------------------
