@@ -91,7 +91,7 @@ def test_wide_table_pivots_metrics_and_takes_the_geometric_mean(tmp_path):
     assert row["ppl:geomean"] == pytest.approx(20.0)
     assert row["acc:arc_easy"] == 0.5 and row["acc_norm:arc_easy"] == 0.4 and row["acc:mean"] == 0.5
     assert "acc:copa" not in table.columns
-    assert row["method_label"] == "wanda 50%" and row["family"] == "pruning"
+    assert row["method_label"] == study.method_label(TINY.methods[0]) == "sparsegpt 50%" and row["family"] == "pruning"
     assert study.task_columns(table) == ["acc:arc_easy"]
     grid = study.source_domain_grid(study.get_profile("tiny", sources=("wikipedia",)))
     merged = grid.results(store)
@@ -207,3 +207,24 @@ def test_notebooks_without_task_data_rest_on_perplexity_and_say_so(tmp_path, mon
     assert (tmp_path / "f" / "04_seed_variance-swing.png").is_file()
     table = study.wide(Store(tmp_path / "r" / "runs.sqlite"))
     assert not study.has_accuracy(table) and table["ppl:geomean"].notna().all()
+
+
+def test_noise_floor_and_baseline_grids():
+    from calib_lib.runs.spec import check_replicates
+    quick = study.get_profile("quick")
+    grid = study.noise_floor_grid(quick)
+    assert len(grid.specs) == len(quick.methods) * (quick.replicates + 1)
+    for label in {labels["method_label"] for labels, _ in grid.points}:
+        members = [spec for labels, spec in grid.points if labels["method_label"] == label]
+        assert [s.replicate for s in members] == [0, 1, 2]
+        check_replicates([s.normalized() for s in members])
+    base = study.grids._spec(quick, quick.methods[0])
+    assert grid.points[0][1].key == base.key                     # replicate 0 is the study's own base run
+    baselines = study.baseline_grid(quick)
+    assert [labels["method_label"] for labels, _ in baselines.points] == ["dense", "magnitude 50%", "rtn 3-bit g128"]
+    assert all(spec.calibration is None for spec in baselines.specs)
+
+
+def test_optional_sources_join_only_where_available(monkeypatch):
+    monkeypatch.delenv("CALIB_MIRROR", raising=False)
+    assert study.resolve_sources(("wikipedia",), ("c4",)) == ("wikipedia",)

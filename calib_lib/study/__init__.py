@@ -9,16 +9,18 @@ run) and findings I/O, so notebooks hold no logic of their own. Everything is im
 """
 from . import summaries
 from .findings_io import load_findings, save_finding
-from .grids import (GRIDS, StudyGrid, dense_grid, run, sample_count_grid, seed_variance_grid,
-                    self_calibration_grid, sequence_length_grid, source_domain_grid)
+from .grids import (GRIDS, StudyGrid, baseline_grid, dense_grid, noise_floor_grid, run, sample_count_grid,
+                    seed_variance_grid, self_calibration_grid, sequence_length_grid, source_domain_grid)
 from .labels import fmt, method_family, method_label
 from .session import NotebookSession, headline_metrics, setup
-from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, PROFILES, PYPI_SOURCES, SPARSEGPT, SPQR3, WANDA, Profile,
+from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, MAGNITUDE, MIRROR_SOURCES, PROFILES, PYPI_SOURCES, RTN3, SPARSEGPT,
+                       SPARSEGPT_24, SPQR3, WANDA, WANDA_24, Profile,
                        available_real_sources, describe_budget, get_profile, resolve_sources, suite_fields)
 from .tables import (has_accuracy, long_metrics, ppl_columns, rank_of, same_domain_gap, task_columns, wide)
 
-__all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "NotebookSession", "PROFILES", "PYPI_SOURCES", "SPARSEGPT", "SPQR3", "WANDA", "Profile",
-           "StudyGrid", "available_real_sources", "dense_grid", "describe_budget", "fmt", "get_profile",
+__all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "MAGNITUDE", "MIRROR_SOURCES", "NotebookSession", "PROFILES",
+           "PYPI_SOURCES", "RTN3", "SPARSEGPT", "SPARSEGPT_24", "SPQR3", "WANDA", "WANDA_24", "Profile",
+           "StudyGrid", "available_real_sources", "baseline_grid", "dense_grid", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
            "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label",
            "ppl_columns", "rank_of", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
            "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "setup",

