@@ -148,7 +148,7 @@ def test_a_replicate_sweep_measures_the_floor_of_each_method(tmp_path):
     frame = frame[frame["metric"] == "perplexity"].assign(log_ppl=lambda f: np.log(f["value"]))
     assert sorted(frame["replicate"].unique()) == [0, 1, 2]
     floors = {m: stats.noise_floor(rows, "log_ppl", ["method"]) for m, rows in frame.groupby("method")}
-    assert floors["magnitude"]["sd"] == 0.0                        # data-free: float order cannot matter
+    assert floors["magnitude"]["sd"] == 0.0                        # data-free: the dither has nothing to act on
     assert floors["sparsegpt"]["configs"] == 1 and floors["sparsegpt"]["runs"] == 3
 
 
@@ -167,3 +167,19 @@ def test_runs_measure_kl_to_the_dense_model_computed_before_compression(tmp_path
     # bound where, near KL 0 as on this random tiny model, the estimate falls under that bound)
     assert metrics[(pruned.key, "kl_mean")] >= docs["kl_sum"].sum() / docs["tokens"].sum() - 1e-12
     assert list(isolated_cache.glob("**/*.npz"))               # the reference is cached, not recomputed per run
+
+
+def test_dither_moves_values_by_at_most_one_ulp_seeded_by_replicate_and_block():
+    import torch
+    from calib_lib.compress.pipelines import dither
+    hidden = [torch.randn(3, 8, 16), torch.randn(1, 8, 16)]
+    once = dither(hidden, 1, 0)
+    assert all(torch.equal(a, b) for a, b in zip(once, dither(hidden, 1, 0)))        # seeded: reproducible
+    assert not torch.equal(once[0], dither(hidden, 2, 0)[0])                          # another replicate
+    assert not torch.equal(once[0], dither(hidden, 1, 1)[0])                          # another block
+    for before, after in zip(hidden, once):
+        up = torch.abs(torch.nextafter(before, torch.full_like(before, float("inf"))) - before)
+        down = torch.abs(torch.nextafter(before, torch.full_like(before, -float("inf"))) - before)
+        ulp = torch.maximum(up, down)
+        assert torch.all((after - before).abs() <= ulp * 1.0001)                      # one unit in the last place
+        assert 0.55 < (after != before).float().mean() < 0.78                         # two thirds move

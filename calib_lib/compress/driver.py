@@ -31,8 +31,11 @@ def make_method(method: str | Method, **params) -> Method:
 
 @torch.no_grad()
 def compress(model, method: str | Method, calibration: torch.Tensor | None = None, *,
-             batch_size: int = 8, progress: bool = True, **params) -> dict:
+             batch_size: int = 8, progress: bool = True, float_noise: int = 0, **params) -> dict:
     """Compress ``model`` in place with ``method`` using ``calibration`` (LongTensor [n, seq_len]).
+
+    ``float_noise`` > 0 makes a numerical-noise replicate: block inputs dithered at rounding level, seeded by
+    it (``pipelines.dither``); 0, the default, computes the run itself.
 
     Returns a report: the method and its parameters, the pipeline, per-layer info (sparsity, damping
     retries, ...) and wall time.
@@ -50,7 +53,7 @@ def compress(model, method: str | Method, calibration: torch.Tensor | None = Non
     was_training = model.training
     model.eval()
     try:
-        layers = pipeline.run(model, blocks, method, calibration, batch_size, progress)
+        layers = pipeline.run(model, blocks, method, calibration, batch_size, progress, float_noise)
     finally:
         model.train(was_training)
     retries = sum(v.get("damping_retries", 0) for v in layers.values())

@@ -13,6 +13,11 @@
 
 Calibrated pipelines hold one block's activations at a time. A pipeline carries a ``version`` that
 enters the run key: bump it when a change moves any number (``tests/test_golden.py`` checks).
+
+Numerical-noise replicates (``float_noise`` > 0, from a run spec's ``replicate``) dither every block's
+inputs by one unit in the last place, seeded by the replicate and the block: the size of the rounding
+differences another machine's kernels make in every block's outputs. Replicate 0 (every ordinary run) is
+untouched.
 """
 from __future__ import annotations
 
@@ -31,9 +36,24 @@ class Pipeline:
     version = 1
     needs_calibration = True
 
-    def run(self, model, blocks, method: Method, calibration, batch_size: int, progress: bool) -> dict:
+    def run(self, model, blocks, method: Method, calibration, batch_size: int, progress: bool,
+            float_noise: int = 0) -> dict:
         """Compress every block in place; return per-layer info keyed ``"<block>.<layer>"``."""
         raise NotImplementedError
+
+
+def dither(hidden: list[torch.Tensor], seed: int, block: int) -> list[torch.Tensor]:
+    """``hidden`` with every element left as it is or moved to its next float below or above, each with
+    probability 1/3, from a generator seeded by (seed, block): a difference of one rounding, as another
+    machine's kernels make it. The same noise for a replicate whatever its batch size."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+    out = []
+    for h in hidden:
+        step = torch.randint(-1, 2, h.shape, generator=generator).to(h.device)
+        up = torch.nextafter(h, torch.full_like(h, float("inf")))
+        down = torch.nextafter(h, torch.full_like(h, -float("inf")))
+        out.append(torch.where(step > 0, up, torch.where(step < 0, down, h)))
+    return out
 
 
 PIPELINES: Registry[Pipeline] = Registry("compression pipeline")
@@ -49,8 +69,8 @@ class DataFree(Pipeline):
     name = "data-free"
     needs_calibration = False
 
-    def run(self, model, blocks, method, calibration, batch_size, progress):
-        info = {}
+    def run(self, model, blocks, method, calibration, batch_size, progress, float_noise=0):
+        info = {}                     # the weights alone decide: float_noise has nothing to act on
         for b, block in enumerate(tqdm(blocks, desc=method.name, disable=not progress, leave=False)):
             for name, layer in block_linears(block).items():
                 info[f"{b}.{name}"] = method.compressor(layer).solve()
@@ -66,11 +86,13 @@ class BlockByBlock(Pipeline):
         """(the compressed block's outputs, or None when another pass must compute them; per-layer info)."""
         raise NotImplementedError
 
-    def run(self, model, blocks, method, calibration, batch_size, progress):
+    def run(self, model, blocks, method, calibration, batch_size, progress, float_noise=0):
         info = {}
         hidden, per_block = capture_block_inputs(model, blocks, calibration, batch_size)
         for b, block in enumerate(tqdm(blocks, desc=method.name, disable=not progress, leave=False)):
             calls, per_block[b] = per_block[b], None
+            if float_noise:
+                hidden = dither(hidden, float_noise, b)
             outputs, block_info = self.compress_block(block, hidden, calls, method)
             info.update({f"{b}.{k}": v for k, v in block_info.items()})
             if outputs is None and b + 1 < len(blocks):     # the last block's outputs feed nothing

@@ -89,7 +89,7 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     if spec.method != "dense":
         t = time.time()
         report = compress(model, spec.method, calibration, batch_size=spec.batch_size, progress=progress,
-                          **dict(spec.method_params))
+                          float_noise=spec.replicate, **dict(spec.method_params))
         timings["compression"] = time.time() - t
         sparsities = [v["sparsity"] for v in report["layers"].values() if "sparsity" in v]
         record["compression"] = {"damping_retries": report["damping_retries"],

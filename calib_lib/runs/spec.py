@@ -24,9 +24,11 @@ from ..errors import FieldError, InvalidInput
 
 TOP_LEVEL = {"model", "method", "calibration", "eval", "dtype", "batch_size", "replicate"}
 
-# Numerical-noise replicates of one configuration differ only in float order: the driver forwards the
-# calibration set through each block in batches of this many samples, so the per-layer sums (Hessians,
-# activation norms) are accumulated in a different order. Replicate 0 is the run itself.
+# Numerical-noise replicates of one configuration differ only at rounding level: replicate r forwards the
+# calibration set through each block in batches of another size (so the per-layer sums, Hessians and
+# activation norms, are accumulated in another order) and dithers every block's inputs by one float32 ulp
+# seeded by r (compress.pipelines.dither: the rounding differences another machine's kernels make, which a
+# batch size alone does not: Wanda's masks do not move with it). Replicate 0 is the run itself.
 REPLICATE_BATCH_SIZES = (8, 4, 16, 2, 32)
 FLOAT_ORDER_FIELDS = ("batch_size", "replicate")
 
