@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import lm_eval
+import numpy as np
 import pytest
 import torch
 from lm_eval.api.task import ConfigurableTask
@@ -163,3 +164,17 @@ def test_tiny_suite_records_every_metric(tiny_llama):
     assert ("mean", "acc") in kinds
     assert all(r["stderr"] is not None for r in records if r["kind"] == "task" and r["name"] != "mean")
     assert SUITES["quick"].task_limit == 200
+
+
+@needs_mirror
+def test_the_subset_is_taken_before_a_task_maps_its_documents_with_the_same_result():
+    """HellaSwag's document function runs on the scored subset only: the documents are those of mapping all
+    10k first and then selecting (what lm-eval's own order would give), with their ids in the full file."""
+    from datasets import load_dataset
+    from calib_lib.evaluate.tasks import DOC_ID, hellaswag_docs
+    ds = load_dataset("json", data_files=str(mirror_dir() / MIRROR_FILES["hellaswag"]), split="train")
+    subset = offline_config("hellaswag", 30, 1234)["process_docs"](ds)
+    everything = hellaswag_docs(ds.add_column(DOC_ID, list(range(len(ds)))))
+    chosen = sorted(np.random.default_rng(1234).choice(len(ds), size=30, replace=False).tolist())
+    assert [dict(d) for d in subset] == [dict(d) for d in everything.select(chosen)]
+    assert subset[DOC_ID] == chosen
