@@ -125,3 +125,117 @@ def test_figures_are_byte_identical_when_redrawn(tmp_path):
         fig = plots.spread(table, "s", "v", hue="method_label", title="t", subtitle="s")
         files[-1] += [p.read_bytes() for p in plots.save(fig, tmp_path / str(attempt), "nb", "spread")]
     assert files[0] == files[1]
+
+
+# -- figures: one colour per method, uncertainty marks, readable labels ----------------------------------------
+
+def _figure_table():
+    rows = []
+    for method, scale in (("sparsegpt 50%", 1.0), ("gptq 3-bit g128", 2.0)):
+        for i, source in enumerate(["wikipedia", "news", "books", "code", "c4", "wikitext2", "random-vocab"]):
+            for n in (1, 4, 16, 64):
+                rows.append({"method_label": method, "calibration.source": source, "calibration.num_samples": n,
+                             "ppl:geomean": scale * (40 + 5 * i) * (1 + 1 / n), "acc:mean": 0.5 + 0.01 * i,
+                             "se:acc:mean": 0.05})
+    return pd.DataFrame(rows)
+
+
+def test_each_method_label_has_one_colour_whatever_else_is_in_the_figure():
+    from calib_lib import plots
+    assert plots.method_color("sparsegpt 50%") == plots.METHOD_COLORS["sparsegpt"].lower()
+    assert plots.method_color("gptq 3-bit g32") == plots.method_color("gptq 3-bit g128") == plots.METHOD_COLORS["gptq"].lower()
+    structured = plots.method_color("sparsegpt 2:4")
+    assert structured != plots.method_color("sparsegpt 50%") and structured == plots.method_color("sparsegpt 2:4")
+    assert plots.method_color("gptq 3-bit g128 (layer order)") != plots.method_color("gptq 3-bit g128")
+    assert plots.method_color("newmethod 9-bit") == plots.method_color("newmethod 9-bit")      # stable fallback
+    assert plots.palette(["gptq 3-bit g128"]) == {"gptq 3-bit g128": plots.palette(["sparsegpt 50%", "gptq 3-bit g128"])["gptq 3-bit g128"]}
+    assert plots.method_order(["rtn 3-bit g128", "gptq 3-bit g128", "sparsegpt 2:4", "dense", "sparsegpt 50%"]) == [
+        "dense", "sparsegpt 50%", "sparsegpt 2:4", "rtn 3-bit g128", "gptq 3-bit g128"]
+    assert plots.method_color("pruning") == plots.METHOD_COLORS["sparsegpt"].lower()                  # families, as in F1
+
+
+def _colors_drawn(fig):
+    from matplotlib.colors import to_hex
+    colors = set()
+    for ax in fig.axes:
+        for line in ax.lines:
+            colors.add(to_hex(line.get_color()))
+        for collection in ax.collections:
+            colors.update(to_hex(c) for c in collection.get_facecolors())
+    return colors
+
+
+def test_figures_draw_every_method_in_its_colour_with_error_bars_and_the_noise_band(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.collections import PolyCollection
+    from calib_lib import plots
+    plots.style()
+    table = _figure_table()
+    table["se_lo:acc:mean"], table["se_hi:acc:mean"] = table["acc:mean"] - 0.1, table["acc:mean"] + 0.1
+    table["floor_lo:ppl:geomean"], table["floor_hi:ppl:geomean"] = table["ppl:geomean"] * 0.9, table["ppl:geomean"] * 1.1
+    one = table[table["calibration.source"] == "wikipedia"]
+    fig = plots.trend(one, "calibration.num_samples", ["ppl:geomean", "acc:mean"], logy=["ppl:geomean"],
+                      reference={"ppl:geomean": 30.0}, references={"magnitude 50%": {"ppl:geomean": 300.0}},
+                      title="t", subtitle="s")
+    drawn = _colors_drawn(fig)
+    assert {plots.method_color("sparsegpt 50%"), plots.method_color("gptq 3-bit g128")} <= drawn
+    ppl_ax, acc_ax = fig.axes[:2]
+    assert any(isinstance(c, PolyCollection) for c in ppl_ax.collections)                   # the float-noise band
+    assert any(type(c).__name__ == "LineCollection" for c in acc_ax.collections)            # the error bars
+    legend = " ".join(t.get_text() for t in acc_ax.get_legend().get_texts())
+    assert "stored standard errors" in legend and "float-noise floor" in legend
+    assert plots.method_color("magnitude 50%") in {matplotlib.colors.to_hex(l.get_color()) for l in ppl_ax.lines}
+    plots.save(fig, tmp_path, "nb", "trend")
+    # several runs per point: dots, mean and a range (never called a CI)
+    fig = plots.points(table, "calibration.source", ["ppl:geomean"], logy=["ppl:geomean"], title="t", subtitle="s")
+    legend = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert "range (min-max) over 4 runs" in legend and "CI" not in legend
+    # one run per point and no interval columns: the legend says so
+    bare = table[table["calibration.num_samples"] == 1][["method_label", "calibration.source", "ppl:geomean"]]
+    fig = plots.points(bare, "calibration.source", ["ppl:geomean"], title="t", subtitle="s")
+    assert "no uncertainty measured" in " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_category_and_log_axis_labels_do_not_overlap():
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib import plots
+    plots.style()
+    table = _figure_table()
+    table = table[table["calibration.num_samples"] == 16].assign(
+        data=lambda d: "self (t " + d["calibration.source"].str.len().astype(str) + "->0.5) " + d["calibration.source"])
+    fig = plots.points(table, "data", ["ppl:geomean", "acc:mean"], logy=["ppl:geomean"], title="t", subtitle="s")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    import math
+    for ax in fig.axes:
+        for axis in (ax.get_xticklabels(), ax.get_yticklabels()):
+            labels = [label for label in axis if label.get_text()]
+            rotation = labels[0].get_rotation() % 180 if labels else 0
+            if rotation == 0:
+                boxes = [label.get_window_extent(renderer) for label in labels]
+                assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), ax.get_ylabel()
+            else:
+                # parallel rotated labels: the gap between neighbouring baselines must hold a line of text
+                anchors = sorted(ax.transData.transform((t, 0))[0] for t in ax.get_xticks())
+                height = labels[0].get_fontsize() * fig.dpi / 72
+                gaps = [(b - a) * math.sin(math.radians(rotation)) for a, b in zip(anchors, anchors[1:])]
+                assert min(gaps) >= height, (gaps, height)
+    for low, high in ((375, 381), (20, 2000), (0.9, 1.2), (1e-4, 3e-3)):
+        ticks = plots._nice_log_ticks(low, high)
+        assert 2 <= len(ticks) <= 7 and all(low <= t <= high * 1.0001 for t in ticks), (low, high, ticks)
+
+
+def test_spread_draws_the_noise_reference_and_keeps_method_colours():
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib import plots
+    plots.style()
+    swing = pd.DataFrame({"metric": ["a", "a", "b", "b"] * 2, "range": [0.1, 0.2, 0.05, 0.0, 0.3, 0.2, 0.1, 0.15],
+                          "expected": 0.08, "method_label": ["sparsegpt 50%"] * 4 + ["gptq 3-bit g128"] * 4})
+    fig = plots.spread(swing, "metric", "range", hue="method_label", expected="expected", expected_label="noise",
+                       title="t", subtitle="s", logy=True)
+    legend = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+    assert "noise" in legend and "1 zero spread(s) not shown" in legend
+    assert {plots.method_color("sparsegpt 50%"), plots.method_color("gptq 3-bit g128")} <= _colors_drawn(fig)

@@ -190,7 +190,8 @@ def test_findings_notebook_on_the_tiny_profile_reuses_runs_and_writes_six_verdic
     import pandas as pd
     verdicts = pd.read_csv(out / "results" / "findings_verdicts.csv")
     assert list(verdicts["claim"]) == ["F1", "F2", "F3", "F4", "F5", "F6"]
-    assert set(verdicts["verdict"]) <= {"holds", "does not hold", "inconclusive"}
+    from calib_lib.findings import UNTESTABLE
+    assert set(verdicts["verdict"]) <= {"holds", "does not hold", "inconclusive", UNTESTABLE}
     for claim in ("f1", "f2", "f3", "f4"):
         assert (out / "figures" / f"06_findings-{claim}-tiny-llama.png").is_file()
 
@@ -228,3 +229,30 @@ def test_noise_floor_and_baseline_grids():
 def test_optional_sources_join_only_where_available(monkeypatch):
     monkeypatch.delenv("CALIB_MIRROR", raising=False)
     assert study.resolve_sources(("wikipedia",), ("c4",)) == ("wikipedia",)
+
+
+def test_wide_table_keeps_kl_and_standard_errors_apart_from_perplexity(tmp_path):
+    """KL to dense and top-1 agreement are scored per perplexity text: they get their own columns (they once
+    shared ``ppl:<text>`` with perplexity), and each task's stored standard error rides along as ``se:``."""
+    store = Store(tmp_path / "runs.sqlite")
+    spec = study.grids._spec(TINY, TINY.methods[0])
+    text = {"kind": "perplexity", "stderr": None}
+    store.put(spec.key, "done", spec.label(), spec.normalized(), _record([
+        {**text, "name": "wikipedia", "metric": "perplexity", "value": 10.0},
+        {**text, "name": "wikipedia", "metric": "kl_mean", "value": 0.5},
+        {**text, "name": "wikipedia", "metric": "kl_p99", "value": 4.0},
+        {**text, "name": "wikipedia", "metric": "top1_agreement", "value": 0.8},
+        {**text, "name": "news", "metric": "kl_mean", "value": 2.0},
+        {**text, "name": "news", "metric": "perplexity", "value": 40.0},
+        {**text, "name": "news", "metric": "top1_agreement", "value": 0.6},
+        {"kind": "task", "name": "arc_easy", "metric": "acc", "value": 0.5, "stderr": 0.3},
+        {"kind": "task", "name": "copa", "metric": "acc", "value": 0.7, "stderr": 0.4},
+        {"kind": "task", "name": "mean", "metric": "acc", "value": 0.6, "stderr": None}]))
+    row = study.wide(store).iloc[0]
+    assert row["ppl:wikipedia"] == 10.0 and row["ppl:news"] == 40.0 and row["ppl:geomean"] == pytest.approx(20.0)
+    assert row["kl_mean:wikipedia"] == 0.5 and row["kl_p99:wikipedia"] == 4.0 and row["top1:news"] == 0.6
+    assert row["kl:geomean"] == pytest.approx(1.0) and row["top1:mean"] == pytest.approx(0.7)
+    assert row["se:acc:copa"] == 0.4 and row["se:acc:mean"] == pytest.approx(math.sqrt(0.3 ** 2 + 0.4 ** 2) / 2)
+    assert row["replicate"] == 0
+    assert study.tables.figure_metrics(study.wide(store)) == ["ppl:geomean", "kl:geomean", "acc:mean"]
+    assert study.tables.documents(store, study.wide(store)) is None        # no per-document records stored

@@ -9,9 +9,16 @@ from ..runs.store import Store
 from .labels import method_family, method_label
 
 
+PERPLEXITY_METRICS = {"perplexity": "ppl", "kl_mean": "kl_mean", "kl_p99": "kl_p99", "top1_agreement": "top1"}
+
+
 def wide(store: Store, keys: list[str] | None = None) -> pd.DataFrame:
-    """One row per finished run: spec fields, then ``ppl:<text>``, ``acc:<task>`` (acc_norm where the task
-    has it is ``acc_norm:<task>``), ``acc:mean`` and ``ppl:geomean`` (geometric mean over the texts)."""
+    """One row per finished run: spec fields (with ``replicate`` and ``batch_size``), then per evaluation
+    text ``ppl:<text>`` and, where the suite scored fidelity to the dense model, ``kl_mean:<text>``,
+    ``kl_p99:<text>`` and ``top1:<text>``; per task ``acc:<task>`` (``acc_norm:<task>`` where the task has
+    it) with its stored standard error as ``se:acc:<task>``; and the summaries ``acc:mean`` (with
+    ``se:acc:mean`` = sqrt(sum of the tasks' squared SEs) / tasks), ``ppl:geomean`` (geometric mean over
+    the texts), ``kl:geomean`` (geometric mean of ``kl_mean`` over the texts) and ``top1:mean``."""
     tidy = store.frame()
     if tidy.empty:
         return tidy
@@ -20,23 +27,71 @@ def wide(store: Store, keys: list[str] | None = None) -> pd.DataFrame:
         if tidy.empty:
             return tidy
     tidy = tidy[tidy["metric"] != "skipped"]
-    spec_cols = [c for c in tidy.columns if c in ("key", "model", "method", "suite", "calibration_fingerprint")
+    spec_cols = [c for c in tidy.columns if c in ("key", "model", "method", "suite", "replicate", "batch_size",
+                                                  "calibration_fingerprint")
                  or c.startswith(("method.", "calibration."))]
     runs = tidy[spec_cols].drop_duplicates("key").set_index("key")
-    prefix = tidy["metric"].where(tidy["kind"] == "task", "ppl").map(
-        lambda m: {"perplexity": "ppl", "acc": "acc"}.get(m, m))
+    is_text = tidy["kind"] != "task"
+    prefix = tidy["metric"].map(lambda m: PERPLEXITY_METRICS.get(m, m)).where(
+        is_text, tidy["metric"].map(lambda m: {"perplexity": "ppl"}.get(m, m)))
     column = prefix + ":" + tidy["name"]
     values = pd.DataFrame({"key": tidy["key"], "column": column, "value": tidy["value"].astype(float)})
+    if "stderr" in tidy:
+        se = tidy[~is_text & tidy["stderr"].notna()]
+        values = pd.concat([values, pd.DataFrame({"key": se["key"], "column": "se:" + column[se.index],
+                                                  "value": se["stderr"].astype(float)})], ignore_index=True)
     metrics = values.pivot_table(index="key", columns="column", values="value", aggfunc="first")
     out = runs.join(metrics).reset_index()
     ppl_cols = [c for c in out.columns if c.startswith("ppl:") and c != "ppl:lambada_openai"]
     if ppl_cols:
         out["ppl:geomean"] = np.exp(np.log(out[ppl_cols].astype(float)).mean(axis=1))
+    kl_cols = kl_columns(out)
+    if kl_cols:
+        kl = out[kl_cols].astype(float)
+        out["kl:geomean"] = np.exp(np.log(kl.where(kl > 0)).mean(axis=1, skipna=False))
+    top1 = [c for c in out.columns if c.startswith("top1:")]
+    if top1:
+        out["top1:mean"] = out[top1].astype(float).mean(axis=1)
+    tasks = task_columns(out)
+    if "acc:mean" in out and tasks and all(f"se:{t}" in out for t in tasks):
+        se = out[[f"se:{t}" for t in tasks]].astype(float)
+        out["se:acc:mean"] = np.sqrt((se ** 2).sum(axis=1, skipna=False)) / len(tasks)
+    if "replicate" in out:
+        out["replicate"] = out["replicate"].fillna(0).astype(int)
     out["method_label"] = [method_label({"name": r["method"], **{k.split(".", 1)[1]: r[k] for k in out.columns
                                           if k.startswith("method.") and pd.notna(r[k])}})
                            for _, r in out.iterrows()]
     out["family"] = out["method"].map(method_family)
     return out
+
+
+def kl_columns(table: pd.DataFrame) -> list[str]:
+    """The per-text mean KL-to-dense columns present (``kl_mean:<text>``)."""
+    return sorted(c for c in table.columns if c.startswith("kl_mean:"))
+
+
+def has_kl(table: pd.DataFrame) -> bool:
+    """Whether the runs were scored against the dense model (KL columns with values)."""
+    return "kl:geomean" in table.columns and table["kl:geomean"].notna().any()
+
+
+def figure_metrics(table: pd.DataFrame) -> list[str]:
+    """The panels of a notebook's main figure: perplexity, KL to dense where measured, mean accuracy where
+    tasks ran."""
+    return (["ppl:geomean"] + (["kl:geomean"] if has_kl(table) else [])
+            + (["acc:mean"] if has_accuracy(table) else []))
+
+
+def documents(store: Store, table: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-document records (``Store.documents``) of the table's runs, or None where the store has
+    none for them (runs scored before evaluation version 2)."""
+    from ..errors import StoreError
+    if table is None or table.empty or "key" not in table:
+        return None
+    try:
+        return store.documents(list(dict.fromkeys(table["key"])))
+    except StoreError:
+        return None
 
 
 def task_columns(table: pd.DataFrame) -> list[str]:
