@@ -52,6 +52,7 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
+from . import stats
 from .study import summaries
 from .study.tables import has_accuracy, ppl_columns, task_columns
 
@@ -249,48 +250,9 @@ def _pooled_sd(codes: np.ndarray, values: np.ndarray) -> tuple[float, int, int, 
     return math.sqrt(ss / dof), dof, runs, ""
 
 
-def noise_floor_table(replicates: pd.DataFrame) -> pd.DataFrame:
-    """Per method and metric, the pooled SD of float-order replicates (as ``stats.noise_floor``) from the
-    noise-floor grid's table (``study.noise_floor_grid``: each method's base run and its replicates). Metrics:
-    ``log_ppl`` (mean over texts), ``log_ppl:text`` (one text, pooled over texts), ``acc:mean``, ``acc:task``
-    (one task, pooled over tasks) and ``kl`` where KL columns exist. Columns: method_label, family, metric,
-    sd, df, runs, note. An empty or replicate-free table gives an empty floor table."""
-    columns = ["method_label", "family", "metric", "sd", "df", "runs", "note"]
-    if replicates is None or replicates.empty or "method_label" not in replicates:
-        return pd.DataFrame(columns=columns)
-    data = replicates.reset_index(drop=True)
-    config = ["method_label"] + [c for c in ("calibration.source", "calibration.num_samples", "calibration.seq_len",
-                                             "calibration.set_index") if c in data]
-    codes = np.zeros(len(data), dtype=np.int64)
-    for column in config:                                    # one integer per distinct configuration
-        part, uniques = pd.factorize(data[column].astype(str))
-        codes = codes * (len(uniques) + 1) + part
-    codes = pd.factorize(codes)[0]
-    texts, tasks = ppl_columns(data), task_columns(data)
-    kl = [c for c in data.columns if c.startswith("kl_mean:")]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_texts = np.log(data[texts].to_numpy(dtype=float)) if texts else np.empty((len(data), 0))
-        log_kl = np.log(data[kl].to_numpy(dtype=float)).mean(axis=1) if kl else None
-    accuracy = "acc:mean" in data and data["acc:mean"].notna().any() and tasks
-    rows = []
-    labels = data["method_label"].to_numpy()
-    for label in sorted(set(labels)):
-        at = labels == label
-        family = data.loc[at, "family"].iloc[0] if "family" in data else ""
-        c = pd.factorize(codes[at])[0]
-        metrics = []
-        if texts:
-            metrics += [("log_ppl", log_texts[at].mean(axis=1)), ("log_ppl:text", log_texts[at])]
-        if accuracy:
-            metrics += [("acc:mean", data.loc[at, "acc:mean"].to_numpy(dtype=float)),
-                        ("acc:task", data.loc[at, tasks].to_numpy(dtype=float))]
-        if log_kl is not None:
-            metrics.append(("kl", log_kl[at]))
-        for metric, values in metrics:
-            sd, dof, runs, note = _pooled_sd(c, values)
-            rows.append({"method_label": label, "family": family, "metric": metric, "sd": sd, "df": dof,
-                         "runs": runs, "note": note})
-    return pd.DataFrame(rows, columns=columns)
+# The float-noise floor per method and metric: the one that notebooks 01-05 draw (``stats.noise_floor`` on the
+# noise-floor grid's replicates), so 06 measures its claims against the same floor.
+noise_floor_table = summaries.noise_floor_table
 
 
 @dataclass
@@ -818,21 +780,14 @@ def f3_plateau(count_table: pd.DataFrame, floor: pd.DataFrame | None = None, *, 
 # -- F4 ------------------------------------------------------------------------------------------------------
 
 def _paired_differences(documents: pd.DataFrame, key_a: str, key_b: str) -> dict[str, np.ndarray] | None:
-    """{task: correct(a) - correct(b) per document both runs scored} (as ``stats.paired_documents``, matched on
+    """{task: correct(a) - correct(b) per document both runs scored} (``stats.paired_documents``, matched on
     task and doc_id), or None when either run has no task records."""
-    rows = documents[(documents["kind"] == "task") & documents["key"].isin([key_a, key_b])]
-    keys = np.asarray(rows["key"], dtype=object)
-    if not ((keys == key_a).any() and (keys == key_b).any()):
+    try:
+        pairs = stats.paired_documents(documents, key_a, key_b, "correct").dropna(subset=["a", "b"])
+    except ValueError:
         return None
-    out = {}
-    for task, part in rows.groupby("name", sort=True, observed=True):
-        doc, _ = pd.factorize(part["doc_id"])
-        values = np.full((2, doc.max() + 1), np.nan)
-        side = np.where(np.asarray(part["key"], dtype=object) == key_a, 0, 1)
-        values[side, doc] = part["correct"].to_numpy(dtype=float)
-        both = ~np.isnan(values).any(axis=0)
-        if both.any():
-            out[task] = values[0, both] - values[1, both]
+    out = {task: (part["a"] - part["b"]).to_numpy(dtype=float)
+           for task, part in pairs.groupby("name", sort=True, observed=True)}
     return out or None
 
 
