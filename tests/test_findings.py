@@ -409,3 +409,16 @@ def test_the_rules_find_the_claimed_effect(claim, least):
 def test_an_untestable_budget_has_no_power():
     assert findings.simulated_power("F3", findings.QUICK, n_sims=5) == 0.0       # 4 sample counts
     assert findings.simulate("F3", findings.QUICK, n_sims=5)[UNTESTABLE] == 1.0
+
+
+def test_the_simulations_vectorised_pooled_sd_equals_stats_noise_floor():
+    """findings._pooled_sd (the simulations' fast floor) against stats.noise_floor on the same replicate runs."""
+    rng = np.random.default_rng(7)
+    codes = np.repeat(np.arange(5), [3, 2, 4, 1, 3])
+    values = rng.normal(size=(len(codes), 2)) * 0.05 + codes[:, None]
+    values[2, 1] = np.nan
+    sd, dof, runs, note = findings._pooled_sd(codes, values)
+    long = pd.DataFrame({"config": np.tile(codes, 2), "column": np.repeat([0, 1], len(codes)),
+                         "value": values.T.ravel()})
+    reference = stats.noise_floor(long, "value", ["config", "column"])
+    assert sd == pytest.approx(reference["sd"], rel=1e-12) and dof == reference["df"] and runs == reference["runs"]
