@@ -18,7 +18,7 @@ setup: $(STAMP)
 	$(BIN)/calib model prepare $(MODEL)
 
 # The main job: every study notebook on the quick profile (executed notebooks + HTML in results/quick/,
-# figures in figures/). Finished runs are kept in results/quick/runs.sqlite, so a rerun takes minutes.
+# figures in figures/). Finished runs are kept in results/quick/runs/ (one file per run), so a rerun takes minutes.
 PROFILE ?= quick
 run: setup
 	$(BIN)/calib study --profile $(PROFILE) --model $(MODEL)

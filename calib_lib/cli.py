@@ -126,10 +126,34 @@ def _first_error_line(store, spec) -> str:
     return next(iter(error.strip().splitlines()), "no error recorded")
 
 
+ARCHIVE_HELP = ("folder of archived runs, one immutable <key>.zip per finished run, to commit to git; the store "
+                "imports the runs it lacks on opening, and a sweep writes each finished run there first. Default: "
+                "the folder 'runs' beside the store file when it exists (so results/quick/runs for "
+                "results/quick/runs.sqlite), else none")
+
+
+def _add_archive_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--archive", metavar="DIR", help=ARCHIVE_HELP)
+    group.add_argument("--no-archive", action="store_true", help="use the store file alone, even if a runs "
+                                                                  "folder stands beside it")
+
+
+def _archive_of(args) -> Path | None:
+    """--archive; else the ``runs`` folder beside the store when there is one (only an existing folder, so
+    that a store elsewhere never starts an archive nobody asked for)."""
+    if args.no_archive:
+        return None
+    if args.archive:
+        return Path(args.archive)
+    beside = Path(args.store).parent / "runs"
+    return beside if beside.is_dir() else None
+
+
 def cmd_run(args) -> int:
     from .runs import Store, run_specs, status
     specs = _specs_from(args.spec, single=args.verb == "run")
-    store = Store(args.store)
+    store = Store(args.store, archive=_archive_of(args))
     started = time.time()
     summary = run_specs(specs, store, backend=args.backend, address=args.address)
     print(f"{summary['total']} runs: {summary['cached']} already in {args.store}, {summary['done']} done now, "
@@ -142,7 +166,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from .runs import Store, status
     specs = _specs_from(args.spec, single=False)
-    store = Store(args.store, read_only=True)
+    store = Store(args.store, read_only=True, archive=_archive_of(args))
     state = status(specs, store)
     print(f"done {len(state['done'])}  pending {len(state['pending'])}  failed {len(state['failed'])}  "
           f"(of {len(specs)} in {args.spec})")
@@ -174,6 +198,17 @@ def cmd_store_migrate(args) -> int:
         else:
             print(f"{path}: {result['migrated']} run(s) re-keyed, {result['stale']} stale and "
                   f"{result['failed']} failed run(s) dropped; backup: {result['backup']}")
+    return 0
+
+
+def cmd_store_export(args) -> int:
+    from .runs import Store
+    archive = Path(args.archive) if args.archive else Path(args.store).parent / "runs"
+    store = Store(args.store, read_only=True)            # exporting leaves the store file as it is
+    written = store.export_archive(archive)
+    done = store.count().get("done", 0)
+    print(f"{args.store}: {written} run file(s) written to {archive}, {done - written} of its {done} finished "
+          "run(s) were there already")
     return 0
 
 
@@ -287,17 +322,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", default="results/calib.sqlite")
         p.add_argument("--backend", default="local", choices=["local", "ray"])
         p.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+        _add_archive_options(p)
         p.set_defaults(func=cmd_run)
     p = verbs.add_parser("status", help="done / pending / failed runs of a grid")
     p.add_argument("spec")
     p.add_argument("--store", default="results/calib.sqlite")
     p.add_argument("-v", "--verbose", action="store_true")
+    _add_archive_options(p)
     p.set_defaults(func=cmd_status)
 
     store = verbs.add_parser("store", help="results store maintenance").add_subparsers(dest="action", required=True)
     p = store.add_parser("migrate", help="re-key a store written with code-digest run keys (keeps a backup)")
     p.add_argument("paths", nargs="+", metavar="STORE")
     p.set_defaults(func=cmd_store_migrate)
+    p = store.add_parser("export", help="write every finished run of a store into its archive folder, one "
+                                        "<key>.zip per run (to commit them; the store file is left unchanged)")
+    p.add_argument("--store", required=True, help="e.g. results/quick/runs.sqlite")
+    p.add_argument("--archive", metavar="DIR", help="default: the folder 'runs' beside the store (created)")
+    p.set_defaults(func=cmd_store_export)
 
     p = verbs.add_parser("study", help="execute the study notebooks with papermill (+ HTML and figures)")
     p.add_argument("--profile", default="quick", help="tiny | quick | standard | paper")

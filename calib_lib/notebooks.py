@@ -97,7 +97,7 @@ def execute_notebooks(profile: str, *, only: list[str] | None = None, results_di
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook {name} failed in {_failed_cell(executed)}: {err.ename}: "
                                  f"{str(err.evalue).rstrip('.')}. The executed copy is {executed}; finished runs are kept "
-                                 f"in {results_dir / 'runs.sqlite'}, so a rerun continues.") from err
+                                 f"in {results_dir / 'runs'}/ (one file per run), so a rerun continues.") from err
         row = {"notebook": name, "seconds": round(time.time() - started, 1), "executed": str(executed)}
         if html:
             row["html"] = str(_html(executed))

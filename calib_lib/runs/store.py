@@ -14,6 +14,13 @@ heartbeat is older than ``LEASE_STALE_S`` is taken over.
 A read-only store (``Store(path, read_only=True)``) never creates or changes a file, and SQLite's
 anticipated failures (not a database, damaged pages, an unwritable folder, a lock held too long) are
 raised as ``StoreError`` naming the store and the fix.
+
+With an archive folder (``Store(path, archive=folder)``, see ``archive.py``) the SQLite file is a local
+cache and the folder, one immutable file per finished run, is what git keeps. Opening the store imports
+every archived run it lacks; ``put`` writes a finished run's file before its row, so a process killed
+between the two loses nothing (the next opening imports the file). A read-only store never writes
+either: when the archive holds runs its file lacks (or it has no file, as in a fresh clone), it reads a
+private copy in a temporary folder, completed from the archive and removed when the store is.
 """
 from __future__ import annotations
 
@@ -21,18 +28,23 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StoreError
 from ..files import HOST, owner_tag, process_alive
+from .archive import RunArchive
 from .migrate import check_key_scheme
 
 HEARTBEAT_S = 30.0          # a sweep renews its claims this often ...
 LEASE_STALE_S = 600.0       # ... and a claim not renewed for this long belongs to a dead or hung sweep
+IMPORT_BATCH = 64           # archived runs imported per transaction: few fsyncs, bounded memory
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -99,36 +111,133 @@ def _lease_alive(owner: str, pid: int, host: str, heartbeat: float) -> bool:
     return process_alive(pid, host) is not False       # on another host, the heartbeat decides
 
 
+def _done_keys(db) -> set[str]:
+    return {key for (key,) in db.execute("SELECT key FROM runs WHERE status = 'done'")}
+
+
+def _insert(db, run: dict) -> None:
+    """The rows of ``run`` (a dict as ``RunArchive.read`` returns), replacing any of its key."""
+    key = run["key"]
+    db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
+               (key, run["status"], run["label"], json.dumps(run["spec"], sort_keys=True),
+                json.dumps(run["record"], default=str), run["finished"]))
+    db.execute("DELETE FROM documents WHERE key = ?", (key,))
+    for where, blob in run["documents"].items():
+        kind, _, name = where.partition("/")
+        db.execute("INSERT INTO documents VALUES (?, ?, ?, ?)", (key, kind, name, sqlite3.Binary(blob)))
+
+
 class Store:
-    def __init__(self, path: str | Path, read_only: bool = False):
+    def __init__(self, path: str | Path, read_only: bool = False, archive: str | Path | None = None):
         """Open the store at ``path``; unless ``read_only``, create it (and its folder) when missing.
 
-        A read-only store refuses a missing path instead of creating one, and leaves no file behind.
+        A read-only store refuses a missing path instead of creating one (unless ``archive`` holds runs),
+        and leaves no file behind. ``archive``: the folder of archived runs (``archive.py``), imported
+        here; None: the SQLite file alone.
         """
         self.path = Path(path)
         self.read_only = read_only
+        self.archive = None if archive is None else RunArchive(archive)
+        self._private: Path | None = None    # a read-only store's completed copy, when it needs one
         if read_only:
-            if not self.path.is_file():
-                what = "is a directory" if self.path.is_dir() else "does not exist"
-                raise StoreError(f"no results store at {self.path}: the path {what}. Check --store "
-                                 "(reading a store never creates one)")
-            with self._connect() as db:
-                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is None:
-                    raise StoreError(f"{self.path} is an SQLite file but not a results store (it has no "
-                                     "runs table); check --store")
-                self._check_pages(db)
-                check_key_scheme(db, self.path, writable=False)
+            self._open_read_only()
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"cannot create the folder of the results store {self.path}: {err.strerror} "
                              f"({err.filename}); choose a --store in a writable folder") from err
+        if self.archive is not None:
+            self.archive.ensure_writable()           # now, not when the first finished run is to be kept
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             self._check_pages(db)
             check_key_scheme(db, self.path, writable=True)     # old code-digest keys: refused with the fix
+            if self.archive is not None:
+                self._import(db, self.archive.keys() - _done_keys(db))
+
+    def _open_read_only(self) -> None:
+        archived = self.archive.keys() if self.archive is not None else set()
+        exists = self.path.is_file()
+        if not exists and (self.path.is_dir() or not archived):       # an archive alone is a store too
+            what = "is a directory" if self.path.is_dir() else "does not exist"
+            also = f", and the run archive {self.archive.directory} holds no runs" if self.archive else ""
+            raise StoreError(f"no results store at {self.path}: the path {what}{also}. Check --store "
+                             "(reading a store never creates one)")
+        missing = archived
+        if exists:
+            with self._connect() as db:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone() is None:
+                    raise StoreError(f"{self.path} is an SQLite file but not a results store (it has no "
+                                     "runs table); check --store")
+                self._check_pages(db)
+                check_key_scheme(db, self.path, writable=False)
+                missing = archived - _done_keys(db) if archived else set()
+        if not missing:
+            return
+        # Runs only the archive has (a fresh clone, a pull): read a private copy completed from it, so
+        # that neither the store nor the archive folder is touched.
+        folder = Path(tempfile.mkdtemp(prefix="calib-store-"))
+        weakref.finalize(self, shutil.rmtree, folder, True)      # also at exit; True: ignore errors
+        private = folder / "runs.sqlite"
+        if exists:
+            with self._connect() as source:
+                copy = sqlite3.connect(private)
+                try:
+                    source.backup(copy)          # consistent even while a sweep writes (through the WAL)
+                finally:
+                    copy.close()
+        self._private = private
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+            check_key_scheme(db, self.path, writable=True)     # stamps a new copy; the store's was checked
+            self._import(db, missing)
+
+    def _import(self, db, keys) -> int:
+        """Import the archived runs of ``keys`` not done in ``db`` (a failed row is replaced). The number
+        imported."""
+        keys = sorted(keys)
+        imported = 0
+        for start in range(0, len(keys), IMPORT_BATCH):
+            runs = [self.archive.read(key) for key in keys[start:start + IMPORT_BATCH]]
+            db.execute("BEGIN IMMEDIATE")
+            for run in runs:
+                row = db.execute("SELECT status FROM runs WHERE key = ?", (run["key"],)).fetchone()
+                if row and row[0] == "done":         # another process imported or recorded it meanwhile
+                    continue
+                _insert(db, run)
+                imported += 1
+            db.execute("COMMIT")
+        return imported
+
+    def export_archive(self, directory: str | Path | None = None) -> int:
+        """Write every finished run of the store that ``directory`` (default: the store's archive) lacks
+        into it, leaving the store unchanged: how a store from before archives is migrated. Returns how
+        many files were written."""
+        archive = self.archive if directory is None else RunArchive(directory)
+        if archive is None:
+            raise StoreError(f"no archive folder to export {self.path} to: give one (--archive)")
+        archive.ensure_writable()
+        present = archive.keys()
+        written = 0
+        with self._connect() as db:
+            keys = [k for (k,) in db.execute("SELECT key FROM runs WHERE status = 'done' ORDER BY finished")]
+            for key in keys:
+                if key in present:
+                    continue
+                label, spec, record, finished = db.execute(
+                    "SELECT label, spec, record, finished FROM runs WHERE key = ?", (key,)).fetchone()
+                documents = {f"{kind}/{name}": bytes(blob) for kind, name, blob in db.execute(
+                    "SELECT kind, name, data FROM documents WHERE key = ?", (key,))}
+                written += archive.write({"key": key, "status": "done", "label": label, "spec": json.loads(spec),
+                                          "record": json.loads(record), "finished": finished,
+                                          "documents": documents})
+        return written
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"results store {self.path} was opened read-only; open it writable to record runs")
 
     def _check_pages(self, db) -> None:
         """Find damaged pages on opening (one quick read of the file), not when a query happens to touch
@@ -142,7 +251,9 @@ class Store:
     def _connect(self):
         """A connection that is closed afterwards; anticipated SQLite failures become StoreError."""
         try:
-            if self.read_only:
+            if self._private is not None:
+                db = sqlite3.connect(self._private, timeout=60, isolation_level=None)
+            elif self.read_only:
                 # Without a -wal file no writer is active (a sweep keeps one open while it runs): open
                 # the file as immutable, which creates no -wal/-shm files (a mode=ro connection would
                 # create both and could not remove them). With one, read through it in mode=ro, with
@@ -156,6 +267,8 @@ class Store:
                 db.execute("PRAGMA busy_timeout=60000")
                 if not self.read_only:
                     db.execute("PRAGMA synchronous=FULL")
+                elif self._private is not None:
+                    db.execute("PRAGMA synchronous=OFF")      # a throwaway copy: no need to survive a crash
                 yield db
             finally:
                 db.close()               # also rolls back a transaction an exception left open
@@ -169,20 +282,23 @@ class Store:
     def put(self, key: str, status: str, label: str, spec: dict, record: dict) -> None:
         """Write one run, with its per-document records (``record["documents"]``: ``{"kind/name": packed
         bytes}``, kept in their own table), in a single transaction and release its lease. A done run is
-        never replaced by a failed one."""
+        never replaced by a failed one.
+
+        With an archive, a done run's file is written first (failed runs are not archived: they are
+        retried anyway), then its row: killed in between, the run is imported at the next opening. If
+        the archive has a file of this key already, that file is the run (runs are immutable)."""
+        self._writable()
         record = dict(record)
         documents = record.pop("documents", None) or {}
+        run = {"key": key, "status": status, "label": label, "spec": spec, "record": record,
+               "finished": time.time(), "documents": documents}
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
             if not (row and row[0] == "done"):
-                db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?)",
-                           (key, status, label, json.dumps(spec, sort_keys=True),
-                            json.dumps(record, default=str), time.time()))
-                db.execute("DELETE FROM documents WHERE key = ?", (key,))
-                for where, blob in documents.items():
-                    kind, _, name = where.partition("/")
-                    db.execute("INSERT INTO documents VALUES (?, ?, ?, ?)", (key, kind, name, sqlite3.Binary(blob)))
+                if status == "done" and self.archive is not None and not self.archive.write(run):
+                    run = self.archive.read(key)
+                _insert(db, run)
             db.execute("DELETE FROM leases WHERE key = ?", (key,))     # settled: nobody needs to hold it
             db.execute("COMMIT")
 
@@ -192,6 +308,7 @@ class Store:
     def claimant(self):
         """A ``Claimant`` for one sweep, whose leases a background thread renews; on exit the leases
         it still holds are released."""
+        self._writable()
         me = Claimant(f"{owner_tag()}~{secrets.token_hex(4)}", os.getpid(), HOST)
         with self._connect() as keeper:
             # SQLite deletes the -wal file when the last connection that has read the store closes. One
@@ -229,6 +346,7 @@ class Store:
         Returns "claimed"; "done", or "failed" for a failure recorded at or after ``since`` (an older
         failure is retried); "busy" while another sweep holds a live lease on it.
         """
+        self._writable()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT status, finished FROM runs WHERE key = ?", (key,)).fetchone()

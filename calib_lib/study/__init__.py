@@ -12,7 +12,7 @@ from .findings_io import load_findings, save_finding
 from .grids import (GRIDS, StudyGrid, baseline_grid, dense_grid, noise_floor_grid, run, sample_count_grid,
                     seed_variance_grid, self_calibration_grid, sequence_length_grid, source_domain_grid)
 from .labels import fmt, method_family, method_label
-from .session import NotebookSession, headline_metrics, setup
+from .session import NotebookSession, headline_metrics, results_store, setup
 from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, MAGNITUDE, MIRROR_SOURCES, PROFILES, PYPI_SOURCES, RTN3, SPARSEGPT,
                        SPARSEGPT_24, SPQR3, WANDA, WANDA_24, Profile,
                        available_real_sources, describe_budget, get_profile, resolve_sources, suite_fields)

@@ -43,16 +43,24 @@ def headline_metrics(table: pd.DataFrame) -> list[str]:
     return ["ppl:geomean"] + (["acc:mean"] if has_accuracy(table) else [])
 
 
+def results_store(results_dir: str | Path, read_only: bool = False) -> Store:
+    """A profile's results store: ``<results_dir>/runs/``, one immutable file per finished run (what git
+    keeps: each commit adds only new runs), imported on opening into ``<results_dir>/runs.sqlite`` (a local
+    cache, not committed)."""
+    results_dir = Path(results_dir)
+    return Store(results_dir / "runs.sqlite", read_only=read_only, archive=results_dir / "runs")
+
+
 def setup(notebook: str, profile: str, *, model: str | None = None, backend: str | None = None,
           results_dir: str | Path | None = None, figures_dir: str | Path = "../figures",
           header: bool = True) -> NotebookSession:
-    """The notebook's profile and store (``<results_dir>/runs.sqlite``, default ``../results/<profile>``),
+    """The notebook's profile and store (``results_store``: ``<results_dir>/runs/``, default ``../results/<profile>``),
     the figure style, and (``header``) the profile, budget and 4-bit caveat displayed at the top."""
     from .. import plots
     cfg = get_profile(profile, model=model)
     results_dir = Path(results_dir or f"../results/{profile}")
-    session = NotebookSession(notebook, cfg, Store(results_dir / "runs.sqlite"), results_dir, Path(figures_dir),
-                              backend)
+    store = results_store(results_dir)
+    session = NotebookSession(notebook, cfg, store, results_dir, Path(figures_dir), backend)
     plots.style()
     pd.set_option("display.precision", 3)
     if header:
