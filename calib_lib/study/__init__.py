@@ -23,5 +23,5 @@ __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "MAGNITUDE", "MIRROR_SOURCES
            "StudyGrid", "available_real_sources", "baseline_grid", "dense_grid", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
            "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label",
            "ppl_columns", "rank_of", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
-           "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "setup",
+           "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "results_store", "setup",
            "source_domain_grid", "suite_fields", "summaries", "task_columns", "wide"]
