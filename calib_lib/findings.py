@@ -263,11 +263,19 @@ class _Floor:
     runs: int = 0
 
     def threshold(self, alpha: float = ALPHA) -> float:
-        """The smallest difference between two single runs that float noise alone makes unlikely
-        (z_{1 - alpha/2} sqrt 2 SD)."""
+        """The smallest difference between two single runs that float noise alone makes unlikely: the same
+        convention as notebooks 01-05 (``summaries.floor_threshold``), t_{1 - alpha/2, df} sqrt 2 SD, whose t
+        quantile on the SD's degrees of freedom says that a floor from a few replicates is itself uncertain."""
         if self.status != "ok":
             return 0.0
-        return _z(alpha / 2) * math.sqrt(2) * self.sd
+        return summaries.floor_threshold(self.sd, alpha, self.df)
+
+    def half_width(self, alpha: float = ALPHA) -> float:
+        """Half the (1 - alpha) interval of one run's value under float noise alone (t on the floor's df, as
+        ``threshold``); 0 where no floor was measured."""
+        if self.status != "ok":
+            return 0.0
+        return float(sps.t.ppf(1 - alpha / 2, self.df)) * self.sd
 
 
 def _floor(floor: pd.DataFrame | None, label: str, metric: str) -> _Floor:
@@ -1674,7 +1682,7 @@ def figure_f3(count_table, floor=None, *, verdict=None, model: str = "", dense_l
         part = table[table["method_label"] == label].sort_values("calibration.num_samples")
         color = _color(label)
         fl = _floor(floor, label, "log_ppl")
-        err = Z95 * fl.sd if fl.status == "ok" else 0.0
+        err = fl.half_width()
         ax.errorbar(part["calibration.num_samples"], part["value"], yerr=err, fmt="o", color=color, capsize=2.5,
                     ms=5, label=label + ("" if fl.status == "ok" else " (no floor measured)"))
         fit = next((f for f in fits.values() if f["label"] == label and "d" in f), None)
@@ -1699,7 +1707,7 @@ def figure_f3(count_table, floor=None, *, verdict=None, model: str = "", dense_l
     ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     return _titled(fig, f"F3 · where each method stops improving ({model})",
                    "lines: fitted a + b n^-c; '|' with bar: 90% of the fitted improvement reached (bootstrap 95% "
-                   f"interval); bars on points: ±1.96 float-floor SD; {_verdict_line(verdict)}")
+                   f"interval); bars on points: ±t float-floor SD (t on its df); {_verdict_line(verdict)}")
 
 
 def figure_f4(source_table, self_table, documents=None, floor=None, *, verdict=None, model: str = ""):
@@ -1799,7 +1807,7 @@ def figure_f6(variance_table, source_table=None, documents=None, floor=None, *, 
         else:
             yerr = None
         fl = _floor(floor, label, "log_ppl")
-        xerr = Z95 * fl.sd if fl.status == "ok" else None
+        xerr = fl.half_width() if fl.status == "ok" else None
         ax.errorbar(part["neg_log_ppl_dev"], 100 * part["acc:mean_dev"],
                     yerr=None if yerr is None else 100 * yerr, xerr=xerr, fmt="o", color=_color(label), ms=4.5,
                     capsize=2, alpha=0.85, label=f"{label} ({len(part)} sets)")

@@ -13,7 +13,7 @@ Uncertainty marks come from the table itself, so a figure shows what the runs me
 * ``se_lo:<metric>`` / ``se_hi:<metric>``: an error bar per point (95% interval from the stored task
   standard errors; ``study.summaries.intervals`` adds them);
 * ``floor_lo:<metric>`` / ``floor_hi:<metric>``: a shaded band per point or along a curve (the float-noise
-  floor of the method: +-1.96 SD of replicate runs that differ only in float order);
+  floor of the method: +-t SD of replicate runs that differ only in float order, t on their df);
 * ``boot_lo:<metric>`` / ``boot_hi:<metric>``: an error bar (95% paired bootstrap CI over documents);
 * several runs at one point (calibration sets): every run as a dot and their mean with the *range*
   (min to max) as a bar. With 3 runs a bootstrap "CI" equals the range, so it is called what it is.
@@ -202,7 +202,7 @@ def _label(column: str) -> str:
 
 MARKS = {"se": ("bar", "95% interval from the stored standard errors"),
          "boot": ("bar", "95% paired bootstrap CI over documents"),
-         "floor": ("band", "float-noise floor: ±1.96 SD of replicate runs")}
+         "floor": ("band", "float-noise floor: ±t SD of replicate runs (t on their df)")}
 
 
 def _marks(table: pd.DataFrame, y: str) -> list[str]:
@@ -545,4 +545,80 @@ def spread(table: pd.DataFrame, x: str, y: str, *, hue: str | None = None, title
             if hue is not None and text.get_text() == {"method_label": "method"}.get(hue, hue):
                 text.set_fontweight("bold")
     fig.tight_layout()
+    return _finish(fig, title, subtitle)
+
+
+# Tol's muted palette (colour-blind safe), one colour per variance component in every figure
+COMPONENT_COLORS = {"source": "#332288", "set within source": "#44AA99", "numerical noise": "#DDCC77",
+                    "documents": "#DDDDDD"}
+
+
+def variance_shares(table: pd.DataFrame, *, title: str, subtitle: str, components: list[str] | None = None,
+                    hatched: tuple[str, ...] = ("documents",), labels: dict | None = None, bar: str = "method_label",
+                    panel: str = "metric_label", share: str = "share", annotation: str | None = "annotation"):
+    """Stacked horizontal bars of shares: one panel per `panel` value (a metric), one bar per `bar` value (a
+    method, in ``method_order``, its label in its method colour), one segment per component in the fixed
+    order `components` (colours ``COMPONENT_COLORS``), its share printed inside when it is wide enough.
+    Components in `hatched` are drawn hatched (a variance of another kind, e.g. the documents' sampling
+    variance shared by all runs); `labels` renames components in the legend. `annotation`: a column whose
+    text is written right of each bar (e.g. the total SD on the metric's scale). A bar without any finite
+    share says 'not estimable'."""
+    if table is None or table.empty or panel not in table:
+        fig, ax = plt.subplots(figsize=(8.0, 1.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "nothing to decompose: no runs with a calibration source and set", ha="center",
+                va="center", color="0.35")
+        return _finish(fig, title, subtitle)
+    components = list(components or dict.fromkeys(table["component"]))
+    labels = labels or {}
+    panels = list(dict.fromkeys(table[panel]))
+    bars = method_order(table[bar].dropna().unique()) if bar in ("method_label", "family", "method") else sorted(
+        table[bar].dropna().unique(), key=str)
+    fallback = dict(zip([c for c in components if c not in COMPONENT_COLORS],
+                        sns.color_palette("colorblind", len(components)).as_hex()))
+    colors = {c: COMPONENT_COLORS.get(c, fallback.get(c)) for c in components}
+    heights = [0.42 * len(bars) + 0.75 for _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.0, sum(heights) + 0.9), sharex=True, squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, name in zip(axes[:, 0], panels):
+        cells = table[table[panel] == name]
+        for i, level in enumerate(bars):
+            cell = cells[cells[bar] == level].set_index("component")
+            shares = cell[share].astype(float).reindex(components) if len(cell) else pd.Series(dtype=float)
+            left = 0.0
+            for component in components:
+                value = float(shares.get(component, np.nan))
+                if not np.isfinite(value) or value <= 0:
+                    continue
+                hatch = component in hatched
+                ax.barh(i, value, left=left, height=0.66, color=colors[component],
+                        hatch="///" if hatch else None, edgecolor="0.35" if hatch else "white", lw=0.6, zorder=3)
+                if value >= 0.07:
+                    dark = component == "source"
+                    ax.text(left + value / 2, i, f"{100 * value:.0f}%", ha="center", va="center", fontsize=7.5,
+                            color="white" if dark else "0.1", zorder=4,
+                            bbox=None if not hatch else {"facecolor": colors[component], "edgecolor": "none",
+                                                         "pad": 0.6})
+                left += value
+            if not np.isfinite(shares.to_numpy(dtype=float)).any():
+                ax.text(0.01, i, "not estimable (see the table's notes)", va="center", fontsize=7.5, color="0.35")
+            if annotation and annotation in cell and len(cell):
+                ax.annotate(str(cell[annotation].iloc[0]), xy=(1, i), xycoords=("axes fraction", "data"),
+                            xytext=(5, 0), textcoords="offset points", va="center", fontsize=7.5, color="0.25",
+                            annotation_clip=False)
+        ax.set_yticks(range(len(bars)))
+        ax.set_yticklabels([str(b) for b in bars])
+        for tick, level in zip(ax.get_yticklabels(), bars):
+            if bar in ("method_label", "family", "method"):
+                tick.set_color(method_color(level))
+        ax.set_ylim(len(bars) - 0.4, -0.6)
+        ax.set_xlim(0, 1)
+        ax.set_title(str(name), loc="left", fontsize=10)
+        ax.grid(axis="y", visible=False)
+    axes[-1, 0].xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:.0f}%"))
+    axes[-1, 0].set_xlabel("share of the variance of one score")
+    handles = [Patch(facecolor=colors[c], edgecolor="0.35" if c in hatched else colors[c],
+                     hatch="///" if c in hatched else None, label=labels.get(c, c)) for c in components]
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8)
     return _finish(fig, title, subtitle)

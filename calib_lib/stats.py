@@ -441,21 +441,25 @@ def noise_floor(df: pd.DataFrame, value: str, config: list[str] | str) -> dict:
 
 
 def beyond_noise_floor(difference: float, floor_sd: float, n_a: int = 1, n_b: int = 1,
-                       alpha: float = 0.05) -> dict:
+                       alpha: float = 0.05, dof: int | None = None) -> dict:
     """Whether a difference between two configurations' means (over n_a and n_b runs) is larger than
-    float-order noise alone produces: z = |difference| / (floor_sd * sqrt(1/n_a + 1/n_b)), two-sided normal
-    p-value. `threshold` is the smallest |difference| that passes at `alpha`. A floor of exactly 0 (a
-    deterministic method such as magnitude pruning) makes any non-zero difference real."""
-    if n_a < 1 or n_b < 1 or not np.isfinite(floor_sd) or floor_sd < 0:
+    float-order noise alone produces: statistic |difference| / (floor_sd * sqrt(1/n_a + 1/n_b)), two-sided.
+    `dof`: the degrees of freedom of floor_sd (replicate runs minus configurations, ``noise_floor``'s df):
+    a t reference distribution, because a floor measured from a few replicates is itself uncertain (the
+    convention of every notebook: ``summaries.floor_threshold``); None treats the SD as known (normal).
+    `threshold` is the smallest |difference| that passes at `alpha`. A floor of exactly 0 (a deterministic
+    method such as magnitude pruning) makes any non-zero difference real."""
+    if n_a < 1 or n_b < 1 or not np.isfinite(floor_sd) or floor_sd < 0 or (dof is not None and dof < 1):
         return {"difference": difference, "z": np.nan, "p_value": np.nan, "threshold": np.nan, "beyond": None,
                 "note": "needs a measured noise floor (replicate runs) and n >= 1 on both sides"}
     se = floor_sd * np.sqrt(1 / n_a + 1 / n_b)
-    critical = float(stats.norm.ppf(1 - alpha / 2))
+    reference = stats.norm if dof is None else stats.t(dof)
+    critical = float(reference.ppf(1 - alpha / 2))
     if se == 0:
         return {"difference": difference, "z": np.inf if difference else 0.0, "p_value": 0.0 if difference else 1.0,
                 "threshold": 0.0, "beyond": bool(difference != 0), "note": "the noise floor is 0: runs are exact"}
     z = abs(difference) / se
-    p_value = float(2 * stats.norm.sf(z))
+    p_value = float(2 * reference.sf(z))
     return {"difference": difference, "z": float(z), "p_value": p_value, "threshold": critical * se,
             "beyond": bool(p_value < alpha), "note": ""}
 

@@ -262,6 +262,24 @@ def test_beyond_noise_floor_keeps_its_level_on_pure_float_noise():
     assert stats.beyond_noise_floor(0.1, float("nan"))["beyond"] is None
 
 
+def test_beyond_noise_floor_with_an_estimated_floor_needs_the_t_quantile():
+    """Simulated null where the floor SD is itself estimated from one configuration's 3 replicates (df 2, the
+    quick profile): the t rule keeps alpha, while treating that SD as known (normal) says 'beyond' far too
+    often, which is why every notebook passes the floor's df."""
+    rng = np.random.default_rng(3)
+    t_hits = z_hits = 0
+    n = 4000
+    for _ in range(n):
+        replicates = rng.normal(0, 0.05, 3)
+        sd = replicates.std(ddof=1)
+        a, b = rng.normal(0, 0.05, 2)
+        t_hits += stats.beyond_noise_floor(a - b, sd, dof=2)["beyond"]
+        z_hits += stats.beyond_noise_floor(a - b, sd)["beyond"]
+    assert 0.035 < t_hits / n < 0.065
+    assert z_hits / n > 0.12
+    assert stats.beyond_noise_floor(0.1, 0.05, dof=0)["beyond"] is None
+
+
 def test_paired_documents_matches_runs_on_the_same_documents():
     docs = pd.DataFrame({"key": ["a"] * 3 + ["b"] * 3, "kind": "task", "name": "copa",
                          "doc_id": [1, 2, 3, 2, 3, 4], "correct": [1, 0, 1, 1, 1, 0]})

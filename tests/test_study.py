@@ -122,7 +122,7 @@ def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
 
 
 EXPECTED_FIGURES = ["01_sample_count-trend", "02_sequence_length-trend", "03_source_domain-by-source",
-                    "03_source_domain-domain-matrix", "04_seed_variance-sets", "04_seed_variance-swing",
+                    "03_source_domain-domain-matrix", "04_seed_variance-sets", "04_seed_variance-swing", "04_seed_variance-variance",
                     "05_self_calibration-by-data"]
 
 

@@ -161,8 +161,9 @@ def test_intervals_add_stored_error_bars_and_the_float_noise_band():
     assert np.allclose(shown["se_lo:acc:mean"], (table["acc:mean"] - z * table["se:acc:mean"]).clip(0, 1))
     assert np.allclose(shown["se_hi:acc:piqa"], (table["acc:piqa"] + z * 0.1).clip(0, 1))
     wanda = shown["method_label"] == "wanda 50%"
-    assert np.allclose(shown.loc[wanda, "floor_hi:ppl:geomean"], table.loc[wanda, "ppl:geomean"] * math.exp(z * 0.1))
-    assert np.allclose(shown.loc[wanda, "floor_lo:acc:mean"], table.loc[wanda, "acc:mean"] - z * 0.02)
+    q = sps.t.ppf(0.975, 2)          # the floor's SD comes from 3 replicates (df 2): the t quantile, not z
+    assert np.allclose(shown.loc[wanda, "floor_hi:ppl:geomean"], table.loc[wanda, "ppl:geomean"] * math.exp(q * 0.1))
+    assert np.allclose(shown.loc[wanda, "floor_lo:acc:mean"], table.loc[wanda, "acc:mean"] - q * 0.02)
     assert shown.loc[~wanda, "floor_lo:ppl:geomean"].isna().all()      # gptq has no replicates: no band
     assert "floor_lo:ppl:geomean" not in summaries.intervals(table, None)
 

@@ -128,6 +128,11 @@ def floor_threshold(sd: float, alpha: float = ALPHA, dof: float | None = None) -
     return float(q) * math.sqrt(2) * sd
 
 
+def _t_quantile(level: float, dof: int) -> float:
+    """The two-sided `level` quantile of t on `dof` degrees of freedom (NaN without any)."""
+    return float(sps.t.ppf(0.5 + level / 2, dof)) if dof >= 1 else float("nan")
+
+
 def has_floor(floor: pd.DataFrame | None) -> bool:
     return floor is not None and not floor.empty and bool((floor["df"] >= 1).any())
 
@@ -138,9 +143,10 @@ def intervals(table: pd.DataFrame, floor: pd.DataFrame | None = None, z: float =
     """The table with the interval columns ``plots`` draws (see ``calib_lib.plots``): for every accuracy
     column with a stored standard error (``se:acc:<task>``, ``se:acc:mean``) ``se_lo:``/``se_hi:`` = value
     +- z SE, clipped to [0, 1]; and, for each method the floor table has replicates of, ``floor_lo:``/
-    ``floor_hi:`` for ``ppl:geomean`` (value x exp(+-z SD of log perplexity)), ``kl:geomean`` (the same on log
-    KL) and ``acc:mean`` (+- z SD). The band is where a float-order replicate of that run would land 95% of
-    the time."""
+    ``floor_hi:`` for ``ppl:geomean`` (value x exp(+-q SD of log perplexity)), ``kl:geomean`` (the same on log
+    KL) and ``acc:mean`` (+- q SD), q the t quantile on the floor's degrees of freedom (the convention of every
+    floor comparison: ``floor_threshold``; a floor from a few replicates is itself uncertain). The band is
+    where a float-order replicate of that run would land 95% of the time."""
     out = table.copy()
     for column in [c for c in table.columns if c.startswith(("acc:", "acc_norm:"))]:
         if f"se:{column}" in table:
@@ -155,13 +161,16 @@ def intervals(table: pd.DataFrame, floor: pd.DataFrame | None = None, z: float =
         sd = table["method_label"].map(lambda label: floor_sd(floor, label, metric)).astype(float)
         if sd.notna().sum() == 0:
             continue
+        level = 2 * sps.norm.cdf(z) - 1
+        q = table["method_label"].map(lambda label: _t_quantile(level, floor_dof(floor, label, metric))).astype(float)
+        half = q * sd
         value = table[column].astype(float)
         if is_log_metric(column):
-            out[f"floor_lo:{column}"] = value * np.exp(-z * sd)
-            out[f"floor_hi:{column}"] = value * np.exp(z * sd)
+            out[f"floor_lo:{column}"] = value * np.exp(-half)
+            out[f"floor_hi:{column}"] = value * np.exp(half)
         else:
-            out[f"floor_lo:{column}"] = value - z * sd
-            out[f"floor_hi:{column}"] = value + z * sd
+            out[f"floor_lo:{column}"] = value - half
+            out[f"floor_hi:{column}"] = value + half
     return out
 
 
@@ -386,7 +395,7 @@ def budget_paragraph(profile, table: pd.DataFrame, documents: pd.DataFrame | Non
         runs = int(f["floor"]["runs"].max())
         sentences.append(f"Float-order replicates ({runs} runs of each method's base configuration, differing only "
                          f"in float order; {runs - 1} df per SD, so the thresholds use the t quantile) set the noise "
-                         f"floor: " + "; ".join(parts) + ". Shaded bands in the figures are this floor (+-1.96 SD).")
+                         f"floor: " + "; ".join(parts) + ". Shaded bands in the figures are this floor (+-t SD, t on its degrees of freedom).")
     else:
         sentences.append("No float-order replicate runs are in the store, so the numerical noise floor is "
                          "unmeasured: a difference between two single runs may be float noise alone "
@@ -753,11 +762,13 @@ def seed_variance_analysis(table: pd.DataFrame, metrics: list[str]) -> dict:
     return {"tests": tests, "per_task": per_task, "mean_range": mean_range}
 
 
-def seed_variance_finding(analysis: dict, spread: pd.DataFrame | None = None, swing: pd.DataFrame | None = None) -> str:
+def seed_variance_finding(analysis: dict, spread: pd.DataFrame | None = None, swing: pd.DataFrame | None = None,
+                          decomposition: pd.DataFrame | None = None) -> str:
     """The family SDs across sets (log perplexity), each method's between-set SD against its float-noise
     floor (``set_spread``), and the task swing against the mean's and against what noise alone gives
     (``swing_table``): a task's range exceeding the mean's is built in (averaging shrinks ranges), so the
-    comparison with noise is the one that says whether the draw matters."""
+    comparison with noise is the one that says whether the draw matters. With `decomposition`
+    (``variance_decomposition``), its sentence (``variance_decomposition_finding``) closes the finding."""
     sentences = []
     for t in analysis["tests"]:
         if t["test"] == "Brown-Forsythe" and isinstance(t.get("sd"), dict):
@@ -786,7 +797,384 @@ def seed_variance_finding(analysis: dict, spread: pd.DataFrame | None = None, sw
         sentences.append(s)
     else:
         sentences.append(NO_TASKS)
+    decomposed = variance_decomposition_finding(decomposition)
+    if decomposed:
+        sentences.append(decomposed)
     return "; ".join(sentences) + "."
+
+
+# -- 04 variance decomposition (issue #17) ---------------------------------------------------------------
+
+COMPONENTS = ("source", "set within source", "numerical noise", "documents")
+BETWEEN_RUNS = COMPONENTS[:3]                          # the components that make runs differ from each other
+DECOMPOSITION_METRICS = ("log_ppl", "log_kl", "acc:mean")
+DECOMPOSITION_BASIS = ("bars: shares of the variance of one score were everything drawn afresh (source, set, float "
+                       "order, evaluation documents); hatched: the documents' sampling variance, shared by all runs "
+                       "and so not part of the spread between them")
+COMPONENT_LABELS = {"source": "source", "set within source": "set within source (calibration draw)",
+                    "numerical noise": "numerical noise (float order)",
+                    "documents": "documents (evaluation sampling, shared by all runs)"}
+SET_COLUMN = "calibration.set_index"
+_DECOMPOSITION_LABELS = {"log_ppl": "log perplexity", "log_kl": "log KL to dense", "acc:mean": "mean accuracy"}
+_DECOMPOSITION_FLOOR = {"log_ppl": "log_ppl", "log_kl": "kl", "acc:mean": "acc:mean"}
+_DECOMPOSITION_COLUMNS = ["model", "method_label", "family", "metric", "metric_label", "component", "variance", "sd",
+                          "share", "shares_over", "runs", "sources", "total_sd", "between_sd", "annotation", "note"]
+
+
+def _decomposition_label(metric: str) -> str:
+    if metric in _DECOMPOSITION_LABELS:
+        return _DECOMPOSITION_LABELS[metric]
+    kind, _, name = metric.partition(":")
+    return {"log_ppl": f"log perplexity of {name}", "acc": f"{name} accuracy"}.get(kind, metric)
+
+
+def _decomposition_floor(metric: str) -> str:
+    """The ``noise_floor_table`` metric whose SD is the float noise of `metric`."""
+    if metric in _DECOMPOSITION_FLOOR:
+        return _DECOMPOSITION_FLOOR[metric]
+    return {"log_ppl": "log_ppl:text", "acc": "acc:task"}.get(metric.partition(":")[0], metric)
+
+
+def _decomposition_values(table: pd.DataFrame, metric: str) -> pd.Series | None:
+    """One value per run of `metric` on the scale it is decomposed on; None where the table lacks it."""
+    def log_mean(columns):
+        values = table[columns].astype(float)
+        return np.log(values.where(values > 0)).mean(axis=1, skipna=False)
+
+    if metric == "log_ppl":
+        return log_mean(ppl_columns(table)) if ppl_columns(table) else None
+    if metric == "log_kl":
+        return log_mean(kl_columns(table)) if kl_columns(table) else None
+    if metric.startswith("log_ppl:"):
+        column = "ppl:" + metric.split(":", 1)[1]
+        return log_mean([column]) if column in table else None
+    if metric.startswith("acc:") and metric in table:
+        return table[metric].astype(float)
+    return None
+
+
+def _window_variance(documents: pd.DataFrame | None, keys: list, texts: list[str], value: str,
+                     log_ratio: bool) -> pd.Series:
+    """Per run key, the sampling variance of the mean over `texts` of each text's ratio sum(value) / sum(tokens)
+    over its windows (NLL per token: log perplexity; KL per token), by the ratio estimator's delta method:
+    var(r) = W / (W - 1) x sum_w (value_w - r tokens_w)^2 / (sum_w tokens_w)^2 for W windows; with
+    ``log_ratio``, of log r (var(r) / r^2). NaN for a run missing a text or with fewer than two windows."""
+    empty = pd.Series(np.nan, index=pd.Index(keys, name="key"), dtype=float)
+    if documents is None or documents.empty or value not in documents or "tokens" not in documents or not texts:
+        return empty
+    windows = documents[(documents["kind"] == "perplexity") & documents["key"].isin(keys)
+                        & documents["name"].isin(texts)][["key", "name", value, "tokens"]].dropna()
+    windows = windows[windows["tokens"] > 0]
+    if windows.empty:
+        return empty
+    sums = windows.groupby(["key", "name"])[[value, "tokens"]].transform("sum")
+    ratio = sums[value] / sums["tokens"]
+    windows = windows.assign(_d2=(windows[value] - ratio * windows["tokens"]) ** 2)
+    per = windows.groupby(["key", "name"]).agg(n=("tokens", "size"), tokens=("tokens", "sum"), total=(value, "sum"),
+                                                d2=("_d2", "sum"))
+    n = per["n"].astype(float)
+    var = (n / (n - 1).where(n >= 2)) * per["d2"] / per["tokens"] ** 2
+    if log_ratio:
+        r = per["total"] / per["tokens"]
+        var = var / (r ** 2).where(r > 0)
+    wide_var = var.unstack("name").reindex(index=keys, columns=texts)
+    return wide_var.sum(axis=1, skipna=False) / len(texts) ** 2
+
+
+def _task_variance(documents: pd.DataFrame | None, keys: list, tasks: list[str]) -> pd.Series:
+    """Per run key, the sampling variance of the mean accuracy over `tasks`: sum_t var(correct_t) / n_t / T^2
+    (sample variance of the 0/1 outcomes, ddof 1: the square of the standard error lm-eval stores). NaN for a
+    run missing a task or with a task of fewer than two documents."""
+    empty = pd.Series(np.nan, index=pd.Index(keys, name="key"), dtype=float)
+    if documents is None or documents.empty or "correct" not in documents or not tasks:
+        return empty
+    rows = documents[(documents["kind"] == "task") & documents["key"].isin(keys)
+                     & documents["name"].isin(tasks)][["key", "name", "correct"]].dropna()
+    if rows.empty:
+        return empty
+    grouped = rows.groupby(["key", "name"])["correct"]
+    n = grouped.size().astype(float)
+    var = grouped.var(ddof=1) / n.where(n >= 2)
+    wide_var = var.unstack("name").reindex(index=keys, columns=tasks)
+    return wide_var.sum(axis=1, skipna=False) / len(tasks) ** 2
+
+
+def _documents_variance(runs: pd.DataFrame, metric: str, documents: pd.DataFrame | None) -> tuple[float, str]:
+    """The documents component of one group: the mean over its runs of each run's sampling variance (see
+    ``variance_decomposition``), and a note saying where it came from or why it is missing."""
+    keys = list(runs["key"]) if "key" in runs else []
+    kind, _, name = metric.partition(":")
+    tasks = []
+    if metric in ("log_ppl", "log_kl") or kind == "log_ppl":
+        texts = ([c.split(":", 1)[1] for c in (ppl_columns(runs) if metric != "log_kl" else kl_columns(runs))]
+                 if metric in ("log_ppl", "log_kl") else [name])
+        per_run = _window_variance(documents, keys, texts, "kl_sum" if metric == "log_kl" else "nll",
+                                   log_ratio=metric == "log_kl")
+        origin, missing = "per-window records", "no per-window records with two or more windows per text"
+    else:
+        tasks = ([c.split(":", 1)[1] for c in task_columns(runs)] if metric == "acc:mean" else [name])
+        per_run = _task_variance(documents, keys, tasks)
+        origin, missing = "per-document records", "no per-document records and no stored standard errors"
+        se = [f"se:acc:{t}" for t in tasks]
+        if tasks and all(c in runs for c in se) and per_run.isna().any():
+            stored = runs.set_index("key")[se].astype(float)
+            stored = (stored ** 2).sum(axis=1, skipna=False) / len(tasks) ** 2
+            filled = per_run.isna() & stored.reindex(per_run.index).notna()
+            if filled.any():
+                origin = "stored standard errors" if filled.all() else f"{origin} and stored standard errors"
+                per_run = per_run.fillna(stored.reindex(per_run.index))
+    per_run = per_run.dropna()
+    if per_run.empty:
+        return float("nan"), f"not measured: {missing}"
+    note = f"mean over {len(per_run)} runs of one score's sampling variance ({origin})"
+    if len(per_run) < len(keys):
+        note += f"; {len(keys) - len(per_run)} of {len(keys)} runs lack records"
+    return float(per_run.mean()), note + "; shared by all runs (paired), so not part of the spread between runs"
+
+
+def _base_runs(part: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The runs at one calibration size and length (the most common: the grid's base), and a note naming
+    what was dropped."""
+    columns = [c for c in ("calibration.num_samples", "calibration.seq_len") if c in part]
+    if not columns:
+        return part, ""
+    sizes = part.groupby(columns, dropna=False).size()
+    if len(sizes) <= 1:
+        return part, ""
+    base = sizes.idxmax()
+    base = base if isinstance(base, tuple) else (base,)
+    keep = np.logical_and.reduce([part[c] == b for c, b in zip(columns, base)])
+    return part[keep], (f"kept the {int(keep.sum())} runs at {' x '.join(str(b) for b in base)} "
+                        f"({' x '.join(c.split('.', 1)[1] for c in columns)}); {int((~keep).sum())} runs of other "
+                        "sizes dropped")
+
+
+def _sd_text(metric: str, sd: float) -> str:
+    if not np.isfinite(sd):
+        return "n/a"
+    return f"±{_ratio_percent(sd)}" if metric.startswith("log") else f"{100 * sd:.1f} pts"
+
+
+def _decompose(runs: pd.DataFrame, metric: str, label: str, floor: pd.DataFrame | None,
+               documents: pd.DataFrame | None, method: str, group_note: str) -> tuple[dict, dict, dict]:
+    """({component: variance}, {component: note}, facts) of one (model, method, metric) group; `runs` has
+    the metric in ``_y``."""
+    variance = dict.fromkeys(COMPONENTS, float("nan"))
+    notes = dict.fromkeys(COMPONENTS, "")
+    runs = runs.dropna(subset=["_y"])
+    facts = {"runs": len(runs), "sources": 0}
+    floor_metric = _decomposition_floor(metric)
+    sd = floor_sd(floor, label, floor_metric)
+    if np.isfinite(sd):
+        variance["numerical noise"] = sd ** 2
+        dof = floor_dof(floor, label, floor_metric)
+        notes["numerical noise"] = f"float-order replicate SD {sd:.3g} squared ({dof} df)"
+    else:
+        notes["numerical noise"] = (f"not measured: no float-order replicates of {label} on {floor_metric} in the "
+                                    "floor table (study.noise_floor_grid)")
+    variance["documents"], notes["documents"] = _documents_variance(runs, metric, documents)
+    if "calibration.source" not in runs or SET_COLUMN not in runs:
+        why = f"not estimable: the table has no calibration.source / {SET_COLUMN} column"
+        notes["source"] = notes["set within source"] = why
+        return variance, notes, facts
+    sets = runs.groupby("calibration.source")[SET_COLUMN].nunique()
+    single = sorted(str(s) for s in sets[sets < 2].index)
+    if single:
+        runs = runs[~runs["calibration.source"].isin(set(sets[sets < 2].index))]
+        group_note = "; ".join(filter(None, [group_note, f"source(s) with one set left out: {', '.join(single)}"]))
+    sources = int(runs["calibration.source"].nunique())
+    facts.update(runs=len(runs), sources=sources)
+    residual = float("nan")
+    if sources >= 2:
+        if np.ptp(runs["_y"].to_numpy(float)) == 0:
+            variance["source"], residual = 0.0, 0.0
+            notes["source"] = "every run scores the same"
+        else:
+            try:
+                vc = stats.variance_components(runs, "_y", ["calibration.source"], method=method)
+                variance["source"], residual = float(vc["variance"].iloc[0]), float(vc["variance"].iloc[1])
+                notes["source"] = "; ".join(filter(None, [
+                    f"{method.upper()} over {sources} sources ({sources - 1} df"
+                    + (": a rough estimate)" if sources < 5 else ")"), str(vc["note"].iloc[0])]))
+            except (ValueError, np.linalg.LinAlgError) as error:
+                notes["source"] = notes["set within source"] = f"not estimable: {error}"
+    elif sources == 1:
+        residual = float(np.var(runs["_y"].to_numpy(float), ddof=1))
+        notes["source"] = "not estimable: one source with two or more sets (the source component needs two)"
+    else:
+        notes["source"] = notes["set within source"] = ("not estimable: no source has two or more calibration "
+                                                        "sets")
+    if np.isfinite(residual):
+        noise = variance["numerical noise"]
+        if not np.isfinite(noise):
+            variance["set within source"] = residual
+            notes["set within source"] = ("between-set variance as observed; includes numerical noise (not measured, "
+                                          "so not subtracted)")
+        elif residual - noise < 0:
+            variance["set within source"] = 0.0
+            notes["set within source"] = (f"between-set variance {residual:.3g} is below the float-noise variance "
+                                          f"{noise:.3g}: set to 0 (the sets differ no more than float order makes "
+                                          "them)")
+        else:
+            variance["set within source"] = residual - noise
+            notes["set within source"] = f"between-set variance {residual:.3g} minus float-noise variance {noise:.3g}"
+    if group_note:
+        notes = {c: "; ".join(filter(None, [n, group_note])) for c, n in notes.items()}
+    return variance, notes, facts
+
+
+def variance_decomposition(table: pd.DataFrame, floor: pd.DataFrame | None = None,
+                           documents: pd.DataFrame | None = None, metrics=DECOMPOSITION_METRICS, *,
+                           method: str = "reml") -> pd.DataFrame:
+    """How much the calibration data matters: per (model, method label, metric), the variance of one run's
+    score split into four components, with each one's share.
+
+    `table`: one row per run of the seed-variance grid (``study.seed_variance_grid``: ``calibration.source``,
+    ``calibration.set_index``); replicate runs (``replicate`` > 0), second grid points of one run and runs at
+    other calibration sizes than the most common (num_samples x seq_len: the base) are left out. `floor`:
+    ``noise_floor_table``. `documents`: ``tables.documents`` (per-document and per-window records), optional.
+
+    Metrics (each on a scale where the spread means the same at any level): ``log_ppl``, the mean over texts
+    of log perplexity (= log of ``ppl:geomean``, the floor table's ``log_ppl``); ``log_kl``, the mean over texts
+    of log KL to dense (= log of ``kl:geomean``), where scored; ``acc:mean``, the mean accuracy over tasks;
+    optionally ``acc:<task>`` and ``log_ppl:<text>`` (floors ``acc:task`` and ``log_ppl:text``). Metrics the
+    table lacks are skipped.
+
+    Components (variances on the metric's scale):
+
+    * **source**: variance between the sources' true means. Nested model y = mu + u_source + e, fitted by
+      ``stats.variance_components(runs, y, ["calibration.source"], method)`` (REML by default: any unbalanced
+      design, estimate kept >= 0). The sets are the observations within a source: each set is run once, so a
+      set factor below the source would not be told from the residual.
+    * **set within source**: that fit's residual, the variance between sets of one source as observed, minus
+      the float-order variance every single run also carries: max(residual - numerical noise, 0) (a note says
+      when it was clipped). Without a floor the residual is kept whole and the note says it includes the noise.
+    * **numerical noise**: the float-order replicate variance, ``floor_sd(floor, method, metric)`` squared (runs
+      of one configuration that differ only in float order); NaN with a note where unmeasured.
+    * **documents**: the sampling variance of one run's score from scoring a finite set of documents, the mean
+      over the group's runs of: for accuracy, sum_t SE_t^2 / T^2 with SE_t^2 = var(correct) / n over the task's
+      documents (else the stored ``se:acc:<task>``); for log perplexity (and log KL), the mean over texts of
+      each text's log perplexity sum(nll) / sum(tokens) over its windows, whose variance is the ratio
+      estimator's W / (W - 1) sum_w (nll_w - r tokens_w)^2 / (sum_w tokens_w)^2 (delta method; log KL: that of
+      KL divided by KL^2), summed over texts / X^2 as the metric averages them (the texts are fixed, only their
+      windows sampled; windows are treated as independent draws, though consecutive windows of the shuffled
+      held-out stream can share a document, and with a handful of windows per text the estimate is itself
+      rough). Every run is scored on the same
+      documents (paired), so this variance moves all runs together and is *not* part of the spread between
+      runs: it is the yardstick of how precisely one score is known, not something a calibration set causes.
+
+    Shares: ``share`` = variance / the sum over the components that were measured (``shares_over`` names them):
+    the variance of a score were source, set, float order and documents all drawn afresh, the four independent
+    terms adding up. With documents included the bar answers "how much of one reported number's uncertainty is
+    the calibration data's"; ``between_sd`` (source + set + noise) is the SD between runs alone, ``total_sd``
+    the SD over the included components, ``annotation`` both on the metric's scale (log metrics as +-%, i.e.
+    exp(SD) - 1; accuracy in points).
+
+    A group with fewer than two sources (of two or more sets each), no variance or no floor does not raise:
+    the components it cannot estimate are NaN with a note naming what is missing (a source with a single set
+    is left out, and said). One row per (model, method_label, metric, component); columns
+    ``_DECOMPOSITION_COLUMNS``."""
+    empty = pd.DataFrame(columns=_DECOMPOSITION_COLUMNS)
+    if table is None or table.empty or "method_label" not in table:
+        return empty
+    data = table
+    if "replicate" in data:
+        data = data[data["replicate"].fillna(0).astype(int) == 0]
+    if "key" in data:
+        data = data.drop_duplicates(["key", "method_label"])
+    data = data.assign(_model=data["model"].astype(str) if "model" in data else "")
+    available = [m for m in dict.fromkeys(metrics)
+                 if (values := _decomposition_values(data, m)) is not None and values.notna().any()]
+    rows = []
+    for (model, label), part in data.groupby(["_model", "method_label"], sort=True):
+        family = str(part["family"].iloc[0]) if "family" in part else ""
+        part, group_note = _base_runs(part)
+        for metric in available:
+            runs = part.assign(_y=_decomposition_values(part, metric))
+            variance, notes, facts = _decompose(runs, metric, label, floor, documents, method, group_note)
+            included = [c for c in COMPONENTS if np.isfinite(variance[c])]
+            total = sum(variance[c] for c in included)
+            between = [variance[c] for c in BETWEEN_RUNS if np.isfinite(variance[c])]
+            total_sd = math.sqrt(total) if included else float("nan")
+            between_sd = math.sqrt(sum(between)) if between else float("nan")
+            annotation = f"total SD {_sd_text(metric, total_sd)}; between runs {_sd_text(metric, between_sd)}"
+            missing = [c for c in COMPONENTS if c not in included]
+            if missing:
+                annotation += f"\nnot estimated: {', '.join(missing)}"
+            for component in COMPONENTS:
+                v = variance[component]
+                rows.append({"model": model, "method_label": label, "family": family, "metric": metric,
+                             "metric_label": _decomposition_label(metric), "component": component, "variance": v,
+                             "sd": math.sqrt(v) if np.isfinite(v) else float("nan"),
+                             "share": v / total if np.isfinite(v) and total > 0 else float("nan"),
+                             "shares_over": " + ".join(included), **facts, "total_sd": total_sd,
+                             "between_sd": between_sd, "annotation": annotation, "note": notes[component]})
+    return pd.DataFrame(rows, columns=_DECOMPOSITION_COLUMNS) if rows else empty
+
+
+def decomposition_view(decomposition: pd.DataFrame) -> pd.DataFrame:
+    """The decomposition as the notebook shows it: per (method, metric, component) the SD on the metric's scale
+    (log units or accuracy), the share in percent, rounded, and the note."""
+    if decomposition is None or decomposition.empty:
+        return pd.DataFrame(columns=["method_label", "metric", "component", "sd", "share %", "note"])
+    view = decomposition.assign(**{"share %": 100 * decomposition["share"].astype(float)})
+    columns = (["model"] if decomposition["model"].nunique() > 1 else []) + [
+        "method_label", "metric_label", "component", "sd", "share %", "note"]
+    return (view[columns].rename(columns={"metric_label": "metric"})
+            .round({"sd": 4, "share %": 1}).reset_index(drop=True))
+
+
+def decomposition_sentence(decomposition: pd.DataFrame | None) -> str:
+    """``variance_decomposition_finding`` as a sentence to display under the figure (or why there is none)."""
+    text = variance_decomposition_finding(decomposition)
+    if not text:
+        return ("No variance decomposition: the table has no runs with a calibration source and set to split "
+                "(see `summaries.variance_decomposition`).")
+    return text[0].upper() + text[1:] + "."
+
+
+def _percent(share: float) -> str:
+    return f"{_points(share, 0)}%" if share is not None and np.isfinite(share) else "n/a"
+
+
+def _listing(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def variance_decomposition_finding(decomposition: pd.DataFrame | None,
+                                   metrics: tuple[str, ...] = ("log_ppl", "acc:mean")) -> str:
+    """One sentence per metric, every method in it: the source's share of the calibration-driven variance
+    (source + set within source, float noise removed), float noise's share of the variance between runs
+    (source + set + noise), and the documents' sampling variance of one score as a multiple of the variance
+    between runs. '' without a decomposition."""
+    if decomposition is None or decomposition.empty:
+        return ""
+    sentences = []
+    for metric in metrics:
+        part = decomposition[decomposition["metric"] == metric]
+        if part.empty:
+            continue
+        wide_v = part.pivot_table(index=["model", "method_label"], columns="component", values="variance",
+                                  aggfunc="first", dropna=False).reindex(columns=list(COMPONENTS))
+        several = part["model"].nunique() > 1
+        source, noise, documents = [], [], []
+        for (model, label), v in wide_v.iterrows():
+            name = f"{model} {label}" if several else label
+            calibration = v["source"] + v["set within source"]
+            between = v[list(BETWEEN_RUNS)].sum(min_count=1)     # without a floor the set term holds the noise
+            source.append(f"{_percent(v['source'] / calibration if calibration > 0 else np.nan)} ({name})")
+            noise.append(_percent(v["numerical noise"] / between if between > 0 else np.nan))
+            ratio = v["documents"] / between if between > 0 else np.nan
+            documents.append(f"{ratio:.2g}x" if np.isfinite(ratio) else "n/a")
+        estimated = part.loc[part["sources"] >= 2, "sources"]
+        fewest = int(estimated.min()) if len(estimated) else 0
+        rough = f"; {fewest} sources, so a rough split" if 2 <= fewest < 5 else ""
+        sentences.append(
+            f"variance decomposition of {_decomposition_label(metric)}: the source gives {_listing(source)} of the "
+            f"calibration-driven variance (source + set within source, float noise removed{rough}), float noise "
+            f"{_listing(noise)} of the variance between runs, and one score's sampling variance from its documents "
+            f"(shared by all runs) is {_listing(documents)} the variance between runs")
+    return "; ".join(sentences)
 
 
 # -- 05 self-calibration (and F4) -----------------------------------------------------------------
