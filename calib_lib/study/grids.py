@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..runs.spec import RunSpec, parse_spec
 from ..runs.store import Store
-from ..errors import RunsFailed
+from ..errors import InvalidInput, RunsFailed
 from .labels import method_label
 from .profiles import Profile, resolve_sources
 from .tables import wide
@@ -86,15 +86,20 @@ def sample_count_grid(profile: Profile) -> StudyGrid:
 
 
 def sequence_length_grid(profile: Profile) -> StudyGrid:
-    """Each seq_len at a fixed token budget (num_samples = budget / seq_len) and at a fixed sample count."""
+    """Each seq_len at a fixed token budget (num_samples = budget / seq_len) and, where the profile's
+    ``seq_len_regimes`` include "count", at a fixed sample count."""
+    unknown = set(profile.seq_len_regimes) - {"budget", "count"}
+    if unknown:
+        raise InvalidInput(f"unknown seq_len_regimes {sorted(unknown)} in profile {profile.name!r}; known: budget, count")
     points = []
     for m in profile.methods:
         for length in profile.seq_lens:
-            if profile.token_budget // length >= 1:
+            if "budget" in profile.seq_len_regimes and profile.token_budget // length >= 1:
                 points.append(({"method_label": method_label(m), "regime": f"fixed budget ({profile.token_budget} tokens)"},
                                _spec(profile, m, seq_len=length, num_samples=profile.token_budget // length)))
-            points.append(({"method_label": method_label(m), "regime": f"fixed count ({profile.num_samples} samples)"},
-                           _spec(profile, m, seq_len=length)))
+            if "count" in profile.seq_len_regimes:
+                points.append(({"method_label": method_label(m), "regime": f"fixed count ({profile.num_samples} samples)"},
+                               _spec(profile, m, seq_len=length)))
     return StudyGrid("sequence_length", points)
 
 

@@ -27,7 +27,7 @@ class Profile:
     num_samples: int                     # base calibration size ...
     seq_len: int                         # ... and length
     sample_counts: tuple                 # 01: num_samples grid at seq_len
-    seq_lens: tuple                      # 02: seq_len grid, at token_budget and at num_samples
+    seq_lens: tuple                      # 02: seq_len grid, at token_budget and (seq_len_regimes) at num_samples
     token_budget: int
     variance_sources: tuple              # 04: sources drawn `sets` times
     sets: int
@@ -40,6 +40,7 @@ class Profile:
     self_methods: tuple = ()             # 05: methods run on self-generated data in addition to ``methods``
     optional_sources: tuple = ()         # 03: real sources added where this machine has them (the mirror's c4, ...)
     replicates: int = 2                  # noise floor: float-order replicates of each method's base run
+    seq_len_regimes: tuple = ("budget", "count")   # 02: at a fixed token budget, at a fixed sample count
 
 
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
@@ -82,7 +83,8 @@ PROFILES = {
         suite=suite_fields("study-quick", PYPI_SOURCES, 3, 256, ("arc_easy", "piqa", "winogrande", "copa"), 20),
         # Gemma-3-270M costs ~3x SmolLM2 a run: its claims are tested on the standard profile
         findings_models=("smollm2-135m",), baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24,),
-        optional_sources=MIRROR_SOURCES),
+        # the papers' regime only (a fixed token budget): the fixed-count arm costs ~3 min, left to standard
+        optional_sources=MIRROR_SOURCES, seq_len_regimes=("budget",)),
     "standard": Profile(
         "standard", "SmolLM2-135M on CPU for hours: the papers' methods at 32 x 512, five sets, every source",
         model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3, SPQR3),
