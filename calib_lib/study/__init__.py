@@ -12,16 +12,19 @@ from .findings_io import load_findings, save_finding
 from .grids import (GRIDS, StudyGrid, baseline_grid, dense_grid, noise_floor_grid, run, sample_count_grid,
                     seed_variance_grid, self_calibration_grid, sequence_length_grid, source_domain_grid)
 from .labels import fmt, method_family, method_label
+from .headline import headline_table, headline_view
 from .session import NotebookSession, headline_metrics, results_store, setup
 from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, MAGNITUDE, MIRROR_SOURCES, PROFILES, PYPI_SOURCES, RTN3, SPARSEGPT,
                        SPARSEGPT_24, SPQR3, WANDA, WANDA_24, Profile,
-                       available_real_sources, describe_budget, get_profile, resolve_sources, suite_fields)
+                       available_real_sources, claim_methods, describe_budget, findings_profile, get_profile,
+                       resolve_sources, suite_fields)
+from .planning import plan, plan_summary, run_plan
 from .tables import (has_accuracy, long_metrics, ppl_columns, rank_of, same_domain_gap, task_columns, wide)
 
 __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "MAGNITUDE", "MIRROR_SOURCES", "NotebookSession", "PROFILES",
            "PYPI_SOURCES", "RTN3", "SPARSEGPT", "SPARSEGPT_24", "SPQR3", "WANDA", "WANDA_24", "Profile",
-           "StudyGrid", "available_real_sources", "baseline_grid", "dense_grid", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
-           "has_accuracy", "headline_metrics", "load_findings", "long_metrics", "method_family", "method_label",
-           "ppl_columns", "rank_of", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
+           "StudyGrid", "available_real_sources", "baseline_grid", "claim_methods", "dense_grid", "findings_profile", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
+           "has_accuracy", "headline_metrics", "headline_table", "headline_view", "load_findings", "long_metrics", "method_family", "method_label",
+           "plan", "plan_summary", "ppl_columns", "rank_of", "run_plan", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
            "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "results_store", "setup",
            "source_domain_grid", "suite_fields", "summaries", "task_columns", "wide"]

@@ -1030,7 +1030,7 @@ def variance_decomposition(table: pd.DataFrame, floor: pd.DataFrame | None = Non
     score split into four components, with each one's share.
 
     `table`: one row per run of the seed-variance grid (``study.seed_variance_grid``: ``calibration.source``,
-    ``calibration.set_index``); replicate runs (``replicate`` > 0), second grid points of one run and runs at
+    ``calibration.set_index``); runs on random-vocab or self-generated data (``NOT_REAL``), replicate runs (``replicate`` > 0), second grid points of one run and runs at
     other calibration sizes than the most common (num_samples x seq_len: the base) are left out. `floor`:
     ``noise_floor_table``. `documents`: ``tables.documents`` (per-document and per-window records), optional.
 
@@ -1080,6 +1080,10 @@ def variance_decomposition(table: pd.DataFrame, floor: pd.DataFrame | None = Non
     data = table
     if "replicate" in data:
         data = data[data["replicate"].fillna(0).astype(int) == 0]
+    if "calibration.source" in data:
+        # the question is what real data does: random tokens or self-generated text drawn as sets (for F2's
+        # and F4's draw-to-draw comparisons) would count as one more, very different, "source"
+        data = data[~data["calibration.source"].isin(NOT_REAL)]
     if "key" in data:
         data = data.drop_duplicates(["key", "method_label"])
     data = data.assign(_model=data["model"].astype(str) if "model" in data else "")
