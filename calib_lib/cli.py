@@ -215,8 +215,26 @@ def cmd_store_export(args) -> int:
 def cmd_study(args) -> int:
     import time
 
-    from .notebooks import execute_notebooks
+    from .notebooks import REPO, execute_notebooks
     started = time.time()
+    if args.plan or args.runs_only:
+        from . import study
+        results_dir = Path(args.results_dir or REPO / "results" / args.profile)
+        models = [args.model] if args.model else None
+        frame = study.plan(args.profile, models)
+        if args.plan:
+            store = study.results_store(results_dir, read_only=True) if (results_dir / "runs").is_dir() else None
+            summary = study.plan_summary(frame, store)
+            print(summary.to_string(index=False))
+            print(f"{len(frame)} runs in all, {int(summary['done'].sum())} done (tier 0: the dense model, baselines "
+                  "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 read)")
+            return 0
+        store = study.results_store(results_dir)
+        summary = study.run_plan(args.profile, store, models=models, backend=args.backend or "local",
+                                 address=args.address, limit=args.limit)
+        print(f"{args.profile}: {summary['total']} runs asked for, {summary['cached']} already in {results_dir / 'runs'}, "
+              f"{summary['done']} done now, {summary['failed']} failed ({summary['seconds']:.0f} s)")
+        return 0 if not summary["failed"] else 1
     rows = execute_notebooks(args.profile, only=args.only, results_dir=args.results_dir, figures_dir=args.figures_dir,
                    model=args.model, backend=args.backend, html=not args.no_html)
     for row in rows:
@@ -349,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", help="executed notebooks, HTML, runs.sqlite (default results/<profile>)")
     p.add_argument("--figures-dir", help="default figures/")
     p.add_argument("--no-html", action="store_true")
+    p.add_argument("--plan", action="store_true",
+                   help="print every run the profile's notebooks need, in the order --runs-only computes them, and "
+                        "how many are done; start nothing")
+    p.add_argument("--runs-only", action="store_true",
+                   help="compute the missing runs of the plan (resumable: kill and restart at will), execute no "
+                        "notebook; then `calib study` reads them without starting a run")
+    p.add_argument("--limit", type=int, help="with --runs-only: at most this many missing runs, in plan order")
+    p.add_argument("--address", help="with --runs-only --backend ray: join this Ray cluster (default: a local one)")
     p.set_defaults(func=cmd_study)
 
     p = verbs.add_parser("generate", help="greedy continuation of a prompt")

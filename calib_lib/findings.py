@@ -1192,13 +1192,17 @@ class Budget:
         everything = len(PYPI_SOURCES) + (len(MIRROR_SOURCES) if mirror else 0)
         sources = (everything if profile.sources == "available"
                    else len(profile.sources) + (len(profile.optional_sources) if mirror else 0))
-        variance = everything if profile.variance_sources == "available" else len(profile.variance_sources)
+        drawn = () if profile.variance_sources == "available" else tuple(profile.variance_sources)
+        variance = everything if profile.variance_sources == "available" else len(
+            [s for s in drawn if s not in ("random-vocab", "self")])
         methods = tuple((method_label(m), method_family(m["name"])) for m in profile.methods
                         if _needs_calibration(m["name"]))
         suite = profile.suite
         return cls(profile.name, methods, sources, variance, profile.sets, tuple(profile.sample_counts),
                    len(suite["ppl_texts"]), len(suite["tasks"]), int(suite["task_limit"] or docs_if_unlimited),
-                   len(profile.schedules), profile.replicates)
+                   len(profile.schedules), profile.replicates,
+                   # random-vocab among the variance sources: drawn as many times as a real source (F2's draws)
+                   random_sets=profile.sets if "random-vocab" in drawn else 1)
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,13 @@ def noise_floor_grid(profile: Profile) -> StudyGrid:
                                      for r in replicates(_spec(profile, m), profile.replicates)])
 
 
+def _count_methods(profile: Profile) -> tuple:
+    return profile.methods if profile.count_methods is None else profile.count_methods
+
+
 def sample_count_grid(profile: Profile) -> StudyGrid:
     return StudyGrid("sample_count", [({"method_label": method_label(m)}, _spec(profile, m, num_samples=n))
-                                 for m in profile.methods for n in profile.sample_counts])
+                                 for m in _count_methods(profile) for n in profile.sample_counts])
 
 
 def sequence_length_grid(profile: Profile) -> StudyGrid:
@@ -92,7 +96,7 @@ def sequence_length_grid(profile: Profile) -> StudyGrid:
     if unknown:
         raise InvalidInput(f"unknown seq_len_regimes {sorted(unknown)} in profile {profile.name!r}; known: budget, count")
     points = []
-    for m in profile.methods:
+    for m in _count_methods(profile):
         for length in profile.seq_lens:
             if "budget" in profile.seq_len_regimes and profile.token_budget // length >= 1:
                 points.append(({"method_label": method_label(m), "regime": f"fixed budget ({profile.token_budget} tokens)"},
@@ -111,8 +115,9 @@ def source_domain_grid(profile: Profile) -> StudyGrid:
 
 def seed_variance_grid(profile: Profile) -> StudyGrid:
     sources = resolve_sources(profile.variance_sources)
+    methods = profile.methods if profile.variance_methods is None else profile.variance_methods
     return StudyGrid("seed_variance", [({"method_label": method_label(m)}, _spec(profile, m, source=s, set_index=k))
-                                  for m in profile.methods for s in sources for k in range(profile.sets)])
+                                  for m in methods for s in sources for k in range(profile.sets)])
 
 
 def self_calibration_grid(profile: Profile) -> StudyGrid:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import InvalidInput, Unavailable
-from .labels import method_label
+from .labels import method_family, method_label
 
 CAVEAT_4BIT = ("The embedded models (SmolLM2-135M, Gemma-3-270M) are dequantized from 4-bit GGUF files, "
                "so their weights already sit on a 4-bit grid: quantization results, 4-bit above all, differ "
@@ -41,6 +41,8 @@ class Profile:
     optional_sources: tuple = ()         # 03: real sources added where this machine has them (the mirror's c4, ...)
     replicates: int = 2                  # noise floor: float-order replicates of each method's base run
     seq_len_regimes: tuple = ("budget", "count")   # 02: at a fixed token budget, at a fixed sample count
+    variance_methods: tuple | None = None  # 04: the methods drawn `sets` times (None: ``methods``)
+    count_methods: tuple | None = None     # 01, 02: the methods run over sample counts and lengths (None: ``methods``)
 
 
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
@@ -86,15 +88,22 @@ PROFILES = {
         # the papers' regime only (a fixed token budget): the fixed-count arm costs ~3 min, left to standard
         optional_sources=MIRROR_SOURCES, seq_len_regimes=("budget",)),
     "standard": Profile(
-        "standard", "SmolLM2-135M on CPU for hours: the papers' methods at 32 x 512, five sets, every source",
-        model="smollm2-135m", methods=(WANDA, SPARSEGPT, GPTQ3, AWQ3, SPQR3),
+        "standard", "SmolLM2-135M and Gemma-3-270M on CPU for tens of hours (a background sweep, calib study "
+                    "--runs-only): the papers' methods at 32 x 512, five non-overlapping sets per source, six tasks of "
+                    "300 documents; budget chosen with the verdicts' power function",
+        model="smollm2-135m", methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3),
         baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24, WANDA_24),
         base_source="wikipedia", sources="available", num_samples=32, seq_len=512,
-        sample_counts=(1, 2, 4, 8, 16, 32, 64, 128), seq_lens=(64, 128, 256, 512, 1024), token_budget=16384,
-        variance_sources=PYPI_SOURCES, sets=5, schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
-        suite=suite_fields("study-standard", ("auto",) + PYPI_SOURCES, 8, 512,
-                     ("arc_easy", "arc_challenge", "boolq", "hellaswag", "lambada_openai", "openbookqa",
-                      "piqa", "rte", "winogrande", "copa"), 200)),
+        sample_counts=(1, 2, 4, 8, 16, 32, 64, 128), seq_lens=(128, 256, 512, 1024), token_budget=16384,
+        seq_len_regimes=("budget",),
+        # every real source drawn five times, and random tokens and self-generated text as often (F2, F4 compare
+        # draws, not single runs); only for the claims' pair of methods (the others get one set per source)
+        variance_sources=PYPI_SOURCES + ("random-vocab", "self"), sets=5,
+        variance_methods=(SPARSEGPT, GPTQ3), count_methods=(SPARSEGPT, WANDA, GPTQ3),
+        schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
+        suite=suite_fields("study-standard", ("auto",) + PYPI_SOURCES, 6, 512,
+                           ("arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "lambada_openai"), 300),
+        replicates=4),
     "paper": Profile(
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
@@ -119,7 +128,8 @@ def get_profile(name: str, **overrides) -> Profile:
     if unknown:
         raise InvalidInput(f"unknown profile field(s) {sorted(unknown)}; known: {', '.join(Profile.__dataclass_fields__)}")
     for key in ("methods", "sources", "sample_counts", "seq_lens", "variance_sources", "schedules", "baselines",
-                "self_methods", "optional_sources", "findings_models"):
+                "self_methods", "optional_sources", "findings_models", "seq_len_regimes", "variance_methods",
+                "count_methods"):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
     return replace(PROFILES[name], **overrides)
@@ -128,6 +138,29 @@ def get_profile(name: str, **overrides) -> Profile:
 def available_real_sources() -> tuple[str, ...]:
     from ..data.sources import SOURCES
     return tuple(s.id for s in SOURCES.values() if not s.synthetic and s.availability()[0])
+
+
+def claim_methods(profile: Profile) -> tuple:
+    """The first pruning and the first quantization method of the profile: the pair the six verdicts compare."""
+    pair = {}
+    for m in profile.methods:
+        pair.setdefault(method_family(m["name"]), m)
+    return tuple(m for family, m in pair.items() if family in ("pruning", "quantization"))
+
+
+def findings_profile(profile: str | Profile, model: str) -> Profile:
+    """The profile ``06_findings`` tests `model` on: the profile itself for its own model; for another
+    model the grids the six verdicts need and no more (the claims' pair of methods, and 2:4 SparseGPT on
+    self-generated data, the self-calibration paper's setting, where the profile has it), so that a second
+    model costs what its verdicts need."""
+    base = get_profile(profile) if isinstance(profile, str) else profile
+    if model == base.model:
+        return base
+    pair = claim_methods(base)
+    return replace(base, model=model, methods=pair, self_methods=tuple(m for m in base.self_methods if m == SPARSEGPT_24),
+                   variance_methods=None if base.variance_methods is None else tuple(
+                       m for m in base.variance_methods if m in pair),
+                   count_methods=None if base.count_methods is None else tuple(m for m in base.count_methods if m in pair))
 
 
 def resolve_sources(sources, optional=()) -> tuple[str, ...]:

@@ -1,0 +1,102 @@
+"""A profile's whole run list, in the order that makes a partial sweep most useful.
+
+The notebooks compute their own runs when executed; a long profile (``standard``: tens of CPU-hours here)
+is better computed first, in the background, by one resumable sweep, and read by the notebooks afterwards
+(they then start no run). ``plan`` lists every run the notebooks of a profile will ask for, once each, in
+priority order:
+
+1. models in the order of ``findings_models`` (the profile's own model first), all of one model before the
+   next, so one model's evidence is complete before the next begins;
+2. within a model, the claims' runs first: the dense model and data-free baselines, then the grids the six
+   verdicts read (noise floor, source domain, seed variance, sample count, self-calibration), for the first
+   pruning and the first quantization method of the profile (the pair the verdicts compare), then the same
+   grids for the other methods, then the grids only notebooks 01-05 read (sequence length); the other
+   models get only what ``06_findings`` reads for them (``profiles.findings_profile``);
+3. within a grid, the grid's own order.
+
+A sweep stopped anywhere and started again computes only what is missing (``runs.sweep.run_specs``), so the
+order only decides which evidence exists first.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..runs.store import Store
+from .grids import GRIDS
+from .labels import method_label
+from .profiles import Profile, claim_methods, findings_profile, get_profile
+
+VERDICT_GRIDS = ("baselines", "noise_floor", "source_domain", "seed_variance", "sample_count", "self_calibration")
+NOTEBOOK_ONLY_GRIDS = ("sequence_length",)
+
+
+def claim_pair(profile: Profile) -> set[str]:
+    """Labels of the claims' pair of methods (``profiles.claim_methods``)."""
+    return {method_label(m) for m in claim_methods(profile)}
+
+
+def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFrame:
+    """One row per distinct run: ``order``, ``model``, ``grid`` (the first grid that asks for it), ``tier``
+    (0: dense, baselines and the claims' method pair; 1: other methods; 2: notebook-only grids), ``method_label``,
+    ``key``, ``label`` and ``spec`` (the RunSpec). `models`: default the profile's ``findings_models`` with its own
+    model first."""
+    base = get_profile(profile) if isinstance(profile, str) else profile
+    models = list(dict.fromkeys(models or (base.model, *base.findings_models)))
+    rows, seen = [], set()
+    for model_rank, model in enumerate(models):
+        cfg = findings_profile(base, model)
+        pair = claim_pair(cfg)
+        grids = VERDICT_GRIDS + (NOTEBOOK_ONLY_GRIDS if model == base.model else ())
+        for grid_rank, grid_name in enumerate(grids):
+            for position, (labels, spec) in enumerate(GRIDS[grid_name](cfg).points):
+                if spec.key in seen:
+                    continue
+                seen.add(spec.key)
+                label = labels.get("method_label", "")
+                tier = (2 if grid_name in NOTEBOOK_ONLY_GRIDS
+                        else 0 if label in pair or grid_name == "baselines" else 1)
+                rows.append({"model_rank": model_rank, "tier": tier, "grid_rank": grid_rank, "position": position,
+                             "model": model, "grid": grid_name, "method_label": label, "key": spec.key,
+                             "label": spec.label(), "spec": spec})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(["model_rank", "tier", "grid_rank", "position"], kind="stable").reset_index(drop=True)
+    frame.insert(0, "order", range(len(frame)))
+    return frame.drop(columns=["model_rank", "grid_rank", "position"])
+
+
+def plan_summary(frame: pd.DataFrame, store: Store | None = None) -> pd.DataFrame:
+    """Runs per (model, tier, grid), and how many are done in `store`."""
+    if frame.empty:
+        return pd.DataFrame(columns=["model", "tier", "grid", "runs", "done"])
+    states = store.status(frame["key"].tolist()) if store is not None else {}
+    done = frame["key"].map(lambda key: states.get(key) == "done")
+    out = (frame.assign(done=done).groupby(["model", "tier", "grid"], sort=False)
+           .agg(runs=("key", "size"), done=("done", "sum")).reset_index())
+    return out
+
+
+def run_plan(profile: str | Profile, store: Store, *, models: list[str] | None = None, backend: str = "local",
+             address: str | None = None, limit: int | None = None, log_dir: str | Path | None = None, progress: bool = True) -> dict:
+    """Compute the plan's missing runs in its order (at most `limit` of them; None: all), each recorded as
+    soon as it finishes, and return the sweep's counts. Progress and library chatter go to
+    ``<log_dir>/plan.log`` (default: ``logs`` beside the store)."""
+    import contextlib
+
+    from ..runs.sweep import run_specs
+    frame = plan(profile, models)
+    specs = list(frame["spec"])
+    if limit is not None:
+        states = store.status([spec.key for spec in specs])
+        specs = [spec for spec in specs if states.get(spec.key) != "done"][:limit]
+    log_dir = Path(log_dir or store.path.parent / "logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(log_dir / "plan.log", "a", encoding="utf-8") as log, contextlib.redirect_stderr(log):
+        summary = run_specs(specs, store, backend=backend, address=address, progress=progress)
+    summary["seconds"] = round(time.time() - started, 1)
+    return summary

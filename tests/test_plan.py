@@ -1,0 +1,92 @@
+"""A profile's run plan (study.plan): every run the notebooks ask for, once, claims first."""
+import pandas as pd
+
+from calib_lib import study
+from calib_lib.study import grids, planning as plan_mod, profiles
+
+
+def _notebook_keys(profile):
+    """Keys of every grid the notebooks read: 01-05 for the profile's model, 06's grids for each findings model."""
+    keys = set()
+    for name, grid in grids.GRIDS.items():
+        if name != "dense":
+            keys |= {s.key for s in grid(profile).specs}
+    for model in profile.findings_models:
+        cfg = profiles.findings_profile(profile, model)
+        for name in plan_mod.VERDICT_GRIDS:
+            keys |= {s.key for s in grids.GRIDS[name](cfg).specs}
+    return keys
+
+
+def test_the_plan_holds_every_run_the_notebooks_need_once():
+    cfg = study.get_profile("tiny")
+    frame = study.plan(cfg)
+    assert frame["key"].is_unique
+    assert set(frame["key"]) == _notebook_keys(cfg)
+    assert list(frame["order"]) == list(range(len(frame)))
+
+
+def test_the_plan_puts_baselines_and_the_claims_pair_first_and_one_model_after_the_other():
+    cfg = study.get_profile("standard")
+    frame = study.plan(cfg)
+    first = frame[frame["model"] == cfg.model]
+    assert first["order"].max() < frame[frame["model"] != cfg.model]["order"].min()
+    assert first.iloc[0]["method_label"] == "dense" and first.iloc[0]["grid"] == "baselines"
+    pair = plan_mod.claim_pair(cfg)
+    assert pair == {"sparsegpt 50%", "gptq 3-bit g128"}
+    tiers = first["tier"].to_numpy()
+    assert (tiers[:-1] <= tiers[1:]).all()                        # tier 0, then 1, then 2
+    assert set(first.loc[first["tier"] == 0, "method_label"]) <= pair | {"dense", "magnitude 50%", "rtn 3-bit g128"}
+    assert set(first.loc[first["tier"] == 2, "grid"]) == {"sequence_length"}
+
+
+def test_a_second_model_gets_only_what_its_verdicts_read():
+    cfg = study.get_profile("standard")
+    gemma = profiles.findings_profile(cfg, "gemma3-270m")
+    assert gemma.model == "gemma3-270m" and gemma.methods == profiles.claim_methods(cfg)
+    assert gemma.self_methods == (profiles.SPARSEGPT_24,)
+    assert profiles.findings_profile(cfg, cfg.model) is cfg
+    frame = study.plan(cfg)
+    other = frame[frame["model"] == "gemma3-270m"]
+    assert not set(other["grid"]) & set(plan_mod.NOTEBOOK_ONLY_GRIDS)
+    labels = set(other["method_label"])
+    assert "wanda 50%" not in labels and "awq 3-bit g128" not in labels
+
+
+def test_the_standard_budget_meets_the_evidence_issue():
+    """#18's floor: >= 4 real sources + random + self drawn >= 5 times, 32 x 512, >= 6 counts up to >= 128 for
+    SparseGPT, Wanda and GPTQ, replicates for every method, >= 6 tasks of >= 300 documents, >= 3 texts."""
+    cfg = study.get_profile("standard")
+    assert cfg.num_samples == 32 and cfg.seq_len == 512 and cfg.sets >= 5
+    drawn = set(cfg.variance_sources)
+    assert {"random-vocab", "self"} <= drawn and len(drawn - {"random-vocab", "self"}) >= 4
+    assert len(cfg.sample_counts) >= 6 and min(cfg.sample_counts) == 1 and max(cfg.sample_counts) >= 128
+    assert {m["name"] for m in cfg.count_methods} == {"sparsegpt", "wanda", "gptq"}
+    names = {m["name"] for m in cfg.methods + cfg.baselines + cfg.self_methods}
+    assert {"sparsegpt", "wanda", "gptq", "awq", "magnitude", "rtn"} <= names
+    assert any(m.get("n") == 2 and m["name"] == "sparsegpt" for m in cfg.self_methods)
+    assert any(m.get("n") == 2 and m["name"] == "wanda" for m in cfg.self_methods)
+    assert cfg.replicates >= 2
+    assert len(cfg.suite["tasks"]) >= 6 and cfg.suite["task_limit"] >= 300 and len(cfg.suite["ppl_texts"]) >= 3
+    floor = grids.noise_floor_grid(cfg)
+    assert {p[0]["method_label"] for p in floor.points} == {"sparsegpt 50%", "wanda 50%", "gptq 3-bit g128",
+                                                            "awq 3-bit g128"}
+
+
+def test_plan_summary_counts_done_runs(tmp_path):
+    cfg = study.get_profile("tiny")
+    frame = study.plan(cfg)
+    store = study.results_store(tmp_path)
+    first = frame.iloc[0]
+    store.put(first["key"], "done", first["label"], first["spec"].normalized(), {"metrics": []})
+    summary = study.plan_summary(frame, store)
+    assert int(summary["done"].sum()) == 1 and int(summary["runs"].sum()) == len(frame)
+    assert isinstance(summary, pd.DataFrame)
+
+
+def test_cli_plan_prints_the_plan_and_starts_nothing(tmp_path, capsys):
+    from calib_lib.cli import main
+    assert main(["study", "--profile", "tiny", "--plan", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(study.plan('tiny'))} runs in all, 0 done" in out and "baselines" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "runs.sqlite").exists()
