@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="override the profile's model")
     p.add_argument("--backend", choices=["local", "ray"], help="override the profile's sweep backend")
     p.add_argument("--results-dir", help="executed notebooks, HTML, runs.sqlite (default results/<profile>)")
-    p.add_argument("--figures-dir", help="default figures/")
+    p.add_argument("--figures-dir", help="default figures/ for quick, figures/<profile>/ for the others")
     p.add_argument("--no-html", action="store_true")
     p.add_argument("--plan", action="store_true",
                    help="print every run the profile's notebooks need, in the order --runs-only computes them, and "

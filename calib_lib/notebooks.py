@@ -68,6 +68,12 @@ def _failed_cell(executed: Path) -> str:
     return "unknown cell"
 
 
+def default_figures_dir(profile: str) -> Path:
+    """figures/ for the main job's profile (quick), figures/<profile>/ for every other, so that executing
+    the standard profile puts its figures next to the quick ones instead of over them."""
+    return REPO / "figures" if profile == "quick" else REPO / "figures" / profile
+
+
 def execute_notebooks(profile: str, *, only: list[str] | None = None, results_dir: str | Path | None = None,
             figures_dir: str | Path | None = None, model: str | None = None, backend: str | None = None,
             kernel: str = "python3", html: bool = True, log=print) -> list[dict]:
@@ -77,7 +83,7 @@ def execute_notebooks(profile: str, *, only: list[str] | None = None, results_di
     from .study import get_profile
     get_profile(profile)                                        # fail before any kernel starts
     results_dir = Path(results_dir or REPO / "results" / profile).resolve()
-    figures_dir = Path(figures_dir or REPO / "figures").resolve()
+    figures_dir = Path(figures_dir or default_figures_dir(profile)).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     # Kernels run in notebooks/: paths given relative to where the command started must stay valid there.
     for var in ("CALIB_MIRROR", "CALIB_CACHE"):

@@ -90,3 +90,16 @@ def test_cli_plan_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{len(study.plan('tiny'))} runs in all, 0 done" in out and "baselines" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "runs.sqlite").exists()
+
+
+def test_results_guide_counts_archived_runs_and_shows_repo_relative_folders(tmp_path):
+    quick = tmp_path / "results" / "quick"
+    (quick / "runs").mkdir(parents=True)
+    key = study.plan("quick")["key"].iloc[0]
+    (quick / "runs" / f"{key}.zip").write_bytes(b"")               # counted by name, not opened
+    (quick / "01_sample_count.html").write_text("")
+    text = study.results_guide(quick, tmp_path / "figures", "quick")
+    row = next(line for line in text.splitlines() if line.startswith("| `quick`"))
+    assert f"| 1 / {len(study.plan('quick'))} | 1 |" in row and "`results/quick/`" in row and "`figures/`" in row
+    assert str(tmp_path) not in text
+    assert "`figures/standard/`" in text

@@ -100,3 +100,38 @@ def run_plan(profile: str | Profile, store: Store, *, models: list[str] | None =
         summary = run_specs(specs, store, backend=backend, address=address, progress=progress)
     summary["seconds"] = round(time.time() - started, 1)
     return summary
+
+
+READ_FOR = {
+    "quick": "how each study works and what its figures look like, in minutes on a CPU; its budget is too small "
+             "to decide the claims (every verdict says which budget would)",
+    "standard": "the evidence: the budget the verdicts need (SmolLM2-135M whole, Gemma-3-270M for the claims); "
+                "read the verdicts, the headline table and the variance decomposition here",
+    "paper": "the papers' own settings, for GPUs through Ray",
+}
+
+
+def results_guide(results_dir: str | Path, figures_dir: str | Path, profile: str,
+                  profiles=("quick", "standard")) -> str:
+    """Markdown: per profile, where its results and figures are, how many of its planned runs are in its
+    archive (run files, counted without opening a database) and whether its notebooks were executed, and what
+    to read it for. `results_dir`, `figures_dir`: those of the notebook's own `profile` (results/<profile>;
+    figures/ for quick, figures/<profile> for the others: ``notebooks.default_figures_dir``)."""
+    results_root = Path(results_dir).parent
+    figures_root = Path(figures_dir) if profile == "quick" else Path(figures_dir).parent
+    lines = ["| profile | results | figures | runs done / planned | notebooks executed | read it for |",
+             "|---|---|---|---|---|---|"]
+    for name in profiles:
+        folder = results_root / name
+        try:
+            keys = set(plan(name)["key"])
+        except Exception as err:          # a source unavailable here: say so instead of failing the overview
+            keys, note = set(), f" (plan unavailable here: {str(err).splitlines()[0][:80]})"
+        else:
+            note = ""
+        archived = {p.stem for p in (folder / "runs").glob("*.zip")} if (folder / "runs").is_dir() else set()
+        executed = sorted(p.stem for p in folder.glob("0*.html"))
+        shown_figures = f"{figures_root.name}/" + ("" if name == "quick" else f"{name}/")   # repo-relative, not this machine's path
+        lines.append(f"| `{name}` | `{results_root.name}/{name}/` | `{shown_figures}` | "
+                     f"{len(keys & archived)} / {len(keys)}{note} | {len(executed)} | {READ_FOR.get(name, '')} |")
+    return "\n".join(lines)
