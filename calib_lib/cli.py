@@ -220,8 +220,10 @@ def cmd_study(args) -> int:
     if args.plan or args.runs_only:
         from . import study
         results_dir = Path(args.results_dir or REPO / "results" / args.profile)
+        # --model X: the profile as the notebooks run it for X (every grid), not X as a second findings model
+        profile = study.get_profile(args.profile, model=args.model)
         models = [args.model] if args.model else None
-        frame = study.plan(args.profile, models)
+        frame = study.plan(profile, models)
         if args.plan:
             store = study.results_store(results_dir, read_only=True) if (results_dir / "runs").is_dir() else None
             summary = study.plan_summary(frame, store)
@@ -230,7 +232,7 @@ def cmd_study(args) -> int:
                   "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 read)")
             return 0
         store = study.results_store(results_dir)
-        summary = study.run_plan(args.profile, store, models=models, backend=args.backend or "local",
+        summary = study.run_plan(profile, store, models=models, backend=args.backend or "local",
                                  address=args.address, limit=args.limit)
         print(f"{args.profile}: {summary['total']} runs asked for, {summary['cached']} already in {results_dir / 'runs'}, "
               f"{summary['done']} done now, {summary['failed']} failed ({summary['seconds']:.0f} s)")

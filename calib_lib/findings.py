@@ -352,6 +352,8 @@ def _cell_components(variance_table: pd.DataFrame, documents: pd.DataFrame | Non
     table = _calibrated(variance_table) if tasks else pd.DataFrame()
     if table.empty:
         return [], tasks
+    if "calibration.source" in table:         # the claim is about draws of real data (the papers' C4 sets)
+        table = table[~table["calibration.source"].isin(NOT_REAL)]
     table = table.drop_duplicates("key").dropna(subset=tasks)
     keys = list(table["key"])
     matrices = _doc_matrices(documents, keys) if documents is not None and keys else None
@@ -1195,7 +1197,10 @@ class Budget:
         drawn = () if profile.variance_sources == "available" else tuple(profile.variance_sources)
         variance = everything if profile.variance_sources == "available" else len(
             [s for s in drawn if s not in ("random-vocab", "self")])
-        methods = tuple((method_label(m), method_family(m["name"])) for m in profile.methods
+        # a profile that draws sets for some methods only (variance_methods: the claims' pair) gives the rules
+        # those methods' draws; simulating every method would overstate the pooled claims' power (F5, F6)
+        drawn_methods = profile.methods if profile.variance_methods is None else profile.variance_methods
+        methods = tuple((method_label(m), method_family(m["name"])) for m in drawn_methods
                         if _needs_calibration(m["name"]))
         suite = profile.suite
         return cls(profile.name, methods, sources, variance, profile.sets, tuple(profile.sample_counts),

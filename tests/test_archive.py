@@ -302,3 +302,23 @@ def test_cli_refuses_bad_stores_and_archives_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"cannot create the run archive folder {blocker}" in err
         assert "choose another --archive" in err
+
+
+def test_a_finished_run_only_the_cache_holds_is_written_out_on_opening(tmp_path):
+    """Recorded without an archive (or its file deleted): the next writable opening with the archive writes
+    the file, so no finished run lives in the git-ignored cache alone."""
+    keys = _fill(Store(tmp_path / "runs.sqlite"), runs=2)
+    assert not (tmp_path / "runs").exists()
+    Store(tmp_path / "runs.sqlite", archive=tmp_path / "runs")
+    assert RunArchive(tmp_path / "runs").keys() == set(keys)
+    (tmp_path / "runs" / file_name(keys[0])).unlink()
+    Store(tmp_path / "runs.sqlite", archive=tmp_path / "runs")
+    assert RunArchive(tmp_path / "runs").keys() == set(keys)
+
+
+def test_a_failure_recorded_after_the_archive_has_the_run_records_the_archived_run(tmp_path):
+    keys = _fill(Store(tmp_path / "a.sqlite", archive=tmp_path / "runs"), runs=1)
+    other = Store(tmp_path / "b.sqlite")                      # a cache that has not seen the file yet
+    other.archive = RunArchive(tmp_path / "runs")
+    other.put(keys[0], "failed", "run 0", _spec(0), {"error": "boom", "metrics": []})
+    assert other.count() == {"done": 1}

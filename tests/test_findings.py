@@ -360,7 +360,11 @@ def test_budgets_follow_the_profiles():
     quick = findings.Budget.from_profile(study.get_profile("quick"))
     standard = findings.Budget.from_profile(study.get_profile("standard"))
     assert quick.docs_per_task == 20 and len(quick.sample_counts) == 4 and quick.sets == 3
-    assert standard.docs_per_task == 200 and len(standard.sample_counts) == 8 and len(standard.methods) == 5
+    assert standard.docs_per_task == 300 and len(standard.sample_counts) == 8 and standard.replicates == 4
+    # standard draws sets for the claims' pair only: the simulated budget has those two methods, and
+    # random-vocab drawn as often as a real source
+    assert [family for _, family in standard.methods] == ["pruning", "quantization"]
+    assert standard.random_sets == standard.sets == 5 and standard.variance_sources == 4
 
 
 def test_the_module_docstring_states_every_rule():

@@ -41,3 +41,11 @@ def test_headline_of_nothing_or_one_set_gives_nan_not_an_error():
     assert row["sets"] == 1 and np.isnan(row["acc_sd"]) and row["widest_task"] == ""
     view = headline.headline_view(headline.headline_table(_table()))
     assert view.loc[("m", "sparsegpt 50%", "news"), "acc_mean"] == 52.0
+
+
+def test_the_pooled_row_leaves_random_and_self_generated_draws_out():
+    table = _table()
+    random = table.iloc[:3].assign(key=["r0", "r1", "r2"], **{"calibration.source": "random-vocab", "acc:mean": 0.3})
+    h = headline.headline_table(pd.concat([table, random], ignore_index=True)).set_index("source")
+    assert "random-vocab" in h.index and h.loc[headline.ALL_SOURCES, "sets"] == 6
+    assert np.isclose(h.loc[headline.ALL_SOURCES, "acc_mean"], np.mean([0.50, 0.52, 0.54, 0.60, 0.61, 0.59]))

@@ -91,7 +91,8 @@ def pack(run: dict) -> bytes:
 
 
 def _fix(path: Path) -> str:
-    return f"restore it with `git checkout -- {path}`, or delete it to recompute that run"
+    return (f"restore it with `git checkout -- {path}`, or delete it and the run's row in the store's runs.sqlite "
+            "cache (or the whole cache) to recompute that run")
 
 
 class RunArchive:

@@ -154,8 +154,13 @@ class Store:
             db.executescript(SCHEMA)
             self._check_pages(db)
             check_key_scheme(db, self.path, writable=True)     # old code-digest keys: refused with the fix
-            if self.archive is not None:
+        if self.archive is not None:
+            with self._connect() as db:
                 self._import(db, self.archive.keys() - _done_keys(db))
+            # and the other way: finished runs the cache has but the archive lacks (recorded without an
+            # archive, or a file deleted or cleaned away) are written out now, so a run is never kept in the
+            # git-ignored cache alone
+            self.export_archive()
 
     def _open_read_only(self) -> None:
         archived = self.archive.keys() if self.archive is not None else set()
@@ -296,7 +301,9 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
             if not (row and row[0] == "done"):
-                if status == "done" and self.archive is not None and not self.archive.write(run):
+                if self.archive is not None and key in self.archive.keys():
+                    run = self.archive.read(key)          # runs are immutable: the archived one is the run
+                elif status == "done" and self.archive is not None and not self.archive.write(run):
                     run = self.archive.read(key)
                 _insert(db, run)
             db.execute("DELETE FROM leases WHERE key = ?", (key,))     # settled: nobody needs to hold it

@@ -6,9 +6,10 @@ standard deviation, and show that a steady mean hides single tasks that swing by
 source drawn as several non-overlapping sets, one run per set): per (model, method, source) the mean +- SD
 and range of mean accuracy across sets, the task with the largest range and that range, and perplexity
 (geometric mean over texts) mean +- SD across sets, and beside them the mean accuracy's standard error from its
-documents (the evaluation's own noise, shared by the sets); with a row pooling every source of a method
-("all sources") when there are several. SDs are sample SDs (ddof 1) of the per-set values; with a handful of
-sets they are rough, which is why the range is printed beside them.
+documents (the evaluation's own noise, shared by the sets); with a row pooling every real source of a
+method ("all sources"; random-vocab and self-generated draws keep their own rows) when there are several.
+SDs are sample SDs (ddof 1) of the per-set values; with a handful of sets they are rough, which is why the
+range is printed beside them.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from .tables import task_columns
+
+NOT_REAL = ("random-vocab", "self")          # as summaries.NOT_REAL: data that is not a real text source
 
 ALL_SOURCES = "all sources"
 COLUMNS = ["model", "method_label", "source", "sets", "acc_mean", "acc_sd", "acc_min", "acc_max", "acc_doc_se", "widest_task",
@@ -81,8 +84,9 @@ def headline_table(table: pd.DataFrame) -> pd.DataFrame:
         sources = sorted(part["calibration.source"].dropna().unique())
         for source in sources:
             rows.append(_row(part[part["calibration.source"] == source], model, label, source, tasks))
-        if len(sources) > 1:
-            rows.append(_row(part, model, label, ALL_SOURCES, tasks))
+        real = [s for s in sources if s not in NOT_REAL]
+        if len(real) > 1:         # the pooled row is about real data: random tokens and self-generated text stay apart
+            rows.append(_row(part[part["calibration.source"].isin(real)], model, label, ALL_SOURCES, tasks))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

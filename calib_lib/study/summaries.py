@@ -145,8 +145,9 @@ def intervals(table: pd.DataFrame, floor: pd.DataFrame | None = None, z: float =
     +- z SE, clipped to [0, 1]; and, for each method the floor table has replicates of, ``floor_lo:``/
     ``floor_hi:`` for ``ppl:geomean`` (value x exp(+-q SD of log perplexity)), ``kl:geomean`` (the same on log
     KL) and ``acc:mean`` (+- q SD), q the t quantile on the floor's degrees of freedom (the convention of every
-    floor comparison: ``floor_threshold``; a floor from a few replicates is itself uncertain). The band is
-    where a float-order replicate of that run would land 95% of the time."""
+    floor comparison: ``floor_threshold``; a floor from a few replicates is itself uncertain). The band is a
+    95% interval, from this one run, for the configuration's value averaged over float orders (a new
+    replicate would land within sqrt 2 times as far; two runs differ beyond noise past ``floor_threshold``)."""
     out = table.copy()
     for column in [c for c in table.columns if c.startswith(("acc:", "acc_norm:"))]:
         if f"se:{column}" in table:
@@ -568,10 +569,11 @@ def _ci_points(r: dict) -> str:
 
 
 def _pooled_set_sd(variance_table: pd.DataFrame | None, label: str) -> tuple[float, int]:
-    """SD of log perplexity between calibration sets of one source (pooled over sources) and its df."""
+    """SD of log perplexity between calibration sets of one real source (pooled over the real sources) and its df."""
     if variance_table is None or variance_table.empty or "ppl:geomean" not in variance_table:
         return float("nan"), 0
-    part = variance_table[variance_table["method_label"] == label].assign(
+    part = variance_table[(variance_table["method_label"] == label)
+                          & ~variance_table["calibration.source"].isin(NOT_REAL)].assign(
         _v=lambda d: np.log(d["ppl:geomean"].astype(float)))
     result = stats.noise_floor(part, "_v", "calibration.source")
     return result["sd"], result["df"]
