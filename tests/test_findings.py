@@ -364,7 +364,7 @@ def test_budgets_follow_the_profiles():
     # standard draws sets for the claims' pair only: the simulated budget has those two methods, and
     # random-vocab drawn as often as a real source
     assert [family for _, family in standard.methods] == ["pruning", "quantization"]
-    assert standard.random_sets == standard.sets == 5 and standard.variance_sources == 4
+    assert standard.random_sets == standard.sets == 5 and standard.variance_sources == 6
 
 
 def test_the_module_docstring_states_every_rule():
