@@ -232,7 +232,7 @@ def cmd_study(args) -> int:
                   "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 read)")
             return 0
         store = study.results_store(results_dir)
-        summary = study.run_plan(profile, store, models=models, backend=args.backend or "local",
+        summary = study.run_plan(profile, store, models=models, backend=args.backend or profile.backend,
                                  address=args.address, limit=args.limit)
         print(f"{args.profile}: {summary['total']} runs asked for, {summary['cached']} already in {results_dir / 'runs'}, "
               f"{summary['done']} done now, {summary['failed']} failed ({summary['seconds']:.0f} s)")

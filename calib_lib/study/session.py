@@ -60,7 +60,7 @@ def setup(notebook: str, profile: str, *, model: str | None = None, backend: str
     cfg = get_profile(profile, model=model)
     results_dir = Path(results_dir or f"../results/{profile}")
     store = results_store(results_dir)
-    session = NotebookSession(notebook, cfg, store, results_dir, Path(figures_dir), backend)
+    session = NotebookSession(notebook, cfg, store, results_dir, Path(figures_dir), backend or cfg.backend)
     plots.style()
     pd.set_option("display.precision", 3)
     if header:
