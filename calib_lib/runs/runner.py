@@ -57,8 +57,18 @@ def environment() -> dict:
             "packages": packages}
 
 
-def execute(spec: RunSpec, progress: bool = False) -> dict:
+def compress_run(spec: RunSpec, model, calibration: torch.Tensor | None, progress: bool = False) -> dict:
+    """Compress ``model`` in place as ``spec``'s run does and return the driver's report.
+
+    The one place a spec's method, parameters, batch size and replicate reach the driver: ``execute`` and
+    ``export.compressed_model`` both call it, so an exported model is the very one the run scored.
+    """
     from ..compress import compress
+    return compress(model, spec.method, calibration, batch_size=spec.batch_size, progress=progress,
+                    float_noise=spec.replicate, **dict(spec.method_params))
+
+
+def execute(spec: RunSpec, progress: bool = False) -> dict:
     from ..data.diagnostics import diagnostics
     from ..data.sampling import sample
     from ..evaluate.fidelity import model_identity
@@ -88,8 +98,7 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
                       calibration_diagnostics=diagnostics(cal.input_ids, len(tokenizer)))
     if spec.method != "dense":
         t = time.time()
-        report = compress(model, spec.method, calibration, batch_size=spec.batch_size, progress=progress,
-                          float_noise=spec.replicate, **dict(spec.method_params))
+        report = compress_run(spec, model, calibration, progress)
         timings["compression"] = time.time() - t
         sparsities = [v["sparsity"] for v in report["layers"].values() if "sparsity" in v]
         record["compression"] = {"damping_retries": report["damping_retries"],
