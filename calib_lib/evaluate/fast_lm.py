@@ -260,7 +260,11 @@ class PackedLM(HFLM):
         return self._packing
 
     def _vocab(self) -> int:
-        """Rows of the output head (the vocabulary its logits cover, padding rows included)."""
+        """Rows of the output head (the vocabulary its logits cover, padding rows included); for a model whose
+        vocabulary is pruned (``compress.vocabulary``), the original vocabulary its logits still cover."""
+        pruning = getattr(self.model, "vocab_pruning", None)
+        if pruning is not None:
+            return pruning.vocab_size
         head = self.model.get_output_embeddings()
         weight = getattr(head, "weight", None)
         return int(weight.shape[0]) if weight is not None else int(self.config.get_text_config().vocab_size)
@@ -294,11 +298,14 @@ class PackedLM(HFLM):
         attention = getattr(self.config, "_attn_implementation", None)
         if attention not in PACKABLE_ATTENTION:
             return f"uses {attention!r} attention, which does not take a custom 4-D mask as given"
-        vocab = self._vocab()
+        # probe with ids the model keeps: every id, or the kept ones of a pruned vocabulary (a pruned id would
+        # score -inf both ways, and count as out of vocabulary)
+        pruning = getattr(self.model, "vocab_pruning", None)
+        pool = torch.arange(self._vocab()) if pruning is None else pruning.kept_ids
         generator = torch.Generator().manual_seed(0)
 
         def tokens(n):
-            return torch.randint(vocab // 8, vocab // 2, (n,), generator=generator).tolist()
+            return pool[torch.randint(len(pool) // 8, max(1, len(pool) // 2), (n,), generator=generator)].tolist()
 
         # a group with a one-token continuation, two continuations that share their first tokens and one
         # longer than another group's context; two shorter groups laid in one row (documents side by side),
