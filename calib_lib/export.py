@@ -393,6 +393,11 @@ def _model_readme(card: dict) -> str:
 def save_compressed(model, tokenizer, folder: str | Path, *, card: dict | None = None) -> Path:
     """Save ``model`` (safetensors) and ``tokenizer`` with ``save_pretrained``, and the card (``model_card``;
     a card of the model alone when none is given), into ``folder``: new or empty, complete or not at all."""
+    if getattr(model, "vocab_pruning", None) is not None:
+        # its config still names the full vocabulary and its rows are remapped by hooks save_pretrained drops:
+        # a reload would be a different, broken model
+        raise InvalidInput("this model's vocabulary is pruned (compress.vocabulary), which save_pretrained cannot "
+                           "represent: export the model before pruning its vocabulary")
     path = check_export_folder(folder)
     card = card if card is not None else model_card(model)
     with _staged_folder(path, "export folder") as tmp:

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from calib_lib import export
+from calib_lib.errors import InvalidInput
 from calib_lib.cli import main
 from calib_lib.compress import compress
 from calib_lib.data import SOURCES
@@ -190,6 +191,16 @@ def test_failed_model_save_leaves_nothing(tiny_llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tok, "save_pretrained", fail)
     with pytest.raises(RuntimeError):
+        save_compressed(model, tok, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_vocabulary_pruned_model_is_refused_before_anything_is_written(tmp_path):
+    from calib_lib.compress import prune_vocabulary
+    from calib_lib.models import load_model
+    model, tok = load_model("tiny-llama", log=lambda *a: None)       # its own copy: pruning is in place
+    prune_vocabulary(model, list(range(40)), tok)
+    with pytest.raises(InvalidInput, match="vocabulary is pruned"):
         save_compressed(model, tok, tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 
