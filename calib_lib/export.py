@@ -331,7 +331,10 @@ def model_card(model, *, run=None, method=None, report: dict | None = None, cali
     if isinstance(method, str):
         method = make_method(method)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    if method is None:
+    if method is None and report is None and run is None:
+        # nothing says what was done to these weights: do not claim they are the dense ones
+        weights = "as given (no method or run named: compressed or not, this card cannot tell)"
+    elif method is None:
         weights = "dense, as loaded (no compression)"
     elif method.family == "quantization":
         # compress.quant: weights are stored as their dequantized grid values (fake quantization)
@@ -352,6 +355,11 @@ def model_card(model, *, run=None, method=None, report: dict | None = None, cali
         "compression": None,
         "calibration": calibration,
         "packages": _packages(),
+        # what can still differ from the run's own model: the run key fixes the spec, not the machine (BLAS
+        # threads and the device change float order, which GPTQ at 3 bits can turn into other roundings) nor the
+        # copy of the source text: compare calibration.fingerprint with the run's calibration_fingerprint
+        "machine": {"device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
     }
     if report is not None:
         sparsities = [v["sparsity"] for v in report["layers"].values() if "sparsity" in v]

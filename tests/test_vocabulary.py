@@ -325,3 +325,12 @@ def test_pruning_twice_is_refused_and_sources_without_tokens_fail_clearly():
             call()
         assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
     assert isinstance(record, VocabularyPruning)
+
+
+def test_a_pruned_model_cannot_become_the_dense_reference():
+    """Its -inf logits cached under the dense model's identity would poison every later KL to dense."""
+    from calib_lib.evaluate.fidelity import ensure_reference
+    _, pruned, tokenizer, _ = _pruned()
+    windows = torch.tensor([tokenizer(TEXT)["input_ids"][:16]])
+    with pytest.raises(InvalidInput, match="vocabulary is\\s+pruned"):
+        ensure_reference(pruned, windows, model_id="tiny", text_id="t")

@@ -334,8 +334,10 @@ def prune_vocabulary(model, kept_ids, tokenizer=None, *, fallback: int | None = 
         if fallback is None:
             raise InvalidInput("no fallback row: the tokenizer has no unk token and the config no eos id; "
                                "pass fallback=<a token id> for out-of-vocabulary input tokens")
-    elif not isinstance(fallback, int) or isinstance(fallback, bool) or not 0 <= fallback < vocab:
-        raise InvalidInput(f"fallback must be a token id in 0..{vocab - 1}, got {fallback!r}")
+    if not isinstance(fallback, int) or isinstance(fallback, bool) or not 0 <= fallback < vocab:
+        # checked for the default too: a tokenizer's unk id need not lie inside the model's embedding
+        raise InvalidInput(f"fallback must be a token id in 0..{vocab - 1}, got {fallback!r}; pass fallback=<a "
+                           "token id of this model>")
 
     kept = torch.unique(torch.cat([data_ids, torch.tensor(always_kept_ids(model, tokenizer) + [fallback])]))
     tied = head.weight is embedding.weight

@@ -487,6 +487,10 @@ def ensure_reference(model, windows: torch.Tensor, *, model_id: str, text_id: st
                      tail_samples: int = DEFAULT_TAIL_SAMPLES, seed: int = 0, batch_size: int | None = None,
                      progress: bool = False) -> DenseReference:
     """The cached reference when it is there (and intact), else computed from ``model`` (the dense one) and saved."""
+    if getattr(model, "vocab_pruning", None) is not None:
+        # a pruned vocabulary's -inf logits cached under the dense model's identity would poison every later KL
+        raise InvalidInput("the dense reference must come from the dense model, and this model's vocabulary is "
+                           "pruned (compress.vocabulary): compute the reference before pruning")
     try:
         return load_reference(model_id, text_id, windows, k, tail_samples, seed)
     except MissingReference:
