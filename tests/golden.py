@@ -24,6 +24,13 @@ import torch
 
 GOLDEN_FILE = Path(__file__).with_name("golden.json")
 FLOAT_RTOL = 5e-3
+# AWQ picks each layer's scales by an argmin over a grid of ratios: on another CPU (other SIMD kernels) two
+# candidates whose losses tie to float precision can swap, and the layers after it then differ by up to ~1%
+# (seen between two Xeon machines on 2026-12-06: 2 of 14 layers off by 0.5-0.9% in the variants case). Such
+# cases pass when every output is within SEARCH_RTOL and at least SEARCH_SHARE of them within FLOAT_RTOL: a
+# change of the algorithm moves most layers, a swapped near-tie a few.
+SEARCH_CASES = ("awq",)
+SEARCH_RTOL, SEARCH_SHARE = 2e-2, 0.75
 
 # Each method in its non-default settings too: both orders, N:M, groups.
 METHOD_CASES = {
@@ -142,8 +149,13 @@ def same(group: str, case: str, recorded, current) -> bool:
         return recorded == current
     if isinstance(recorded, dict):
         recorded, current = list(recorded.values()), list(current.values())
-    return len(recorded) == len(current) and all(abs(a - b) <= FLOAT_RTOL * max(abs(a), 1e-6)
-                                                 for a, b in zip(recorded, current))
+    if len(recorded) != len(current):
+        return False
+    close = [abs(a - b) <= FLOAT_RTOL * max(abs(a), 1e-6) for a, b in zip(recorded, current)]
+    if group == "methods" and case.startswith(SEARCH_CASES):
+        near = all(abs(a - b) <= SEARCH_RTOL * max(abs(a), 1e-6) for a, b in zip(recorded, current))
+        return near and sum(close) >= SEARCH_SHARE * len(close)
+    return all(close)
 
 
 def compute() -> dict:

@@ -41,6 +41,12 @@ def test_same_tolerates_last_bit_noise_but_not_real_changes():
     values = [0.2, 0.3]
     assert golden.same("methods", "x", values, [v * (1 + 1e-6) for v in values])
     assert not golden.same("methods", "x", values, [0.2, 0.31])
+    # a search method's near-tie swap: a few outputs off by < 2%, the rest within float tolerance
+    many = [0.17] * 8
+    assert golden.same("methods", "awq x", many, [0.17 * 1.009] * 2 + [0.17] * 6)
+    assert not golden.same("methods", "awq x", many, [0.17 * 1.009] * 3 + [0.17] * 5)     # too many moved
+    assert not golden.same("methods", "awq x", many, [0.17 * 1.03] + [0.17] * 7)          # too far
+    assert not golden.same("methods", "gptq x", many, [0.17 * 1.009] + [0.17] * 7)        # not a search case
     rows = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]
     assert golden.same("sampling", "self", rows, [[1, 2, 3, 4, 5, 6, 7, 8, 9, 99]])
     assert not golden.same("sampling", "self", rows, [[1, 2, 3, 4, 5, 6, 7, 8, 98, 99]])

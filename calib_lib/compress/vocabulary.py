@@ -53,6 +53,10 @@ from torch import nn
 
 from ..errors import InvalidInput, Unsupported
 
+# The version of what a run's vocabulary step produces (which ids are kept, how the model is pruned, how
+# out-of-vocabulary tokens are scored): enters the key of every run that prunes its vocabulary.
+VOCABULARY_VERSION = 1
+
 # Names of what pruning adds to the embedding and the head (non-persistent buffers: they follow .to(device),
 # stay out of the state dict).
 _ROW_OF_ID = "vocab_row_of_id"      # on the embedding: [V] long, original id -> compact row, -1 where pruned
@@ -124,16 +128,29 @@ def ids_from_texts(tokenizer, texts) -> torch.Tensor:
     return torch.unique(_text_tokens(tokenizer, texts))
 
 
+def most_frequent_of(token_ids, k: int, *, what: str = "the token ids") -> torch.Tensor:
+    """The ``k`` most frequent ids of a collection of token ids (a calibration set's, a token stream's; ties:
+    lower id first), sorted by id; fewer when it holds fewer distinct tokens."""
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+        raise InvalidInput(f"k must be a positive integer (tokens to keep), got {k!r}")
+    ids = _as_ids(token_ids, what)
+    if ids.numel() == 0:
+        raise InvalidInput(f"no tokens in {what}: build the kept vocabulary from a source with text in it")
+    if int(ids.min()) < 0:
+        raise InvalidInput(f"{what} holds negative ids: pass token ids from the model's tokenizer")
+    counts = torch.bincount(ids)
+    # stable sort by decreasing count: equal counts keep increasing id order
+    order = torch.sort(counts, descending=True, stable=True).indices
+    top = order[:k]
+    return torch.sort(top[counts[top] > 0]).values
+
+
 def ids_most_frequent(tokenizer, texts, k: int) -> torch.Tensor:
     """The ``k`` most frequent ids of ``texts`` (ties: lower id first), sorted by id; fewer when the texts hold
     fewer distinct tokens. Special tokens and the fallback come on top when the model is pruned."""
     if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
         raise InvalidInput(f"k must be a positive integer (tokens to keep), got {k!r}")
-    counts = torch.bincount(_text_tokens(tokenizer, texts))
-    # stable sort by decreasing count: equal counts keep increasing id order
-    order = torch.sort(counts, descending=True, stable=True).indices
-    top = order[:k]
-    return torch.sort(top[counts[top] > 0]).values
+    return most_frequent_of(_text_tokens(tokenizer, texts), k, what="the texts")
 
 
 # -- the pruned model ------------------------------------------------------------------------------------------
@@ -304,17 +321,9 @@ def _mask_model_logits(model, args, output):
     return None
 
 
-@torch.no_grad()
-def prune_vocabulary(model, kept_ids, tokenizer=None, *, fallback: int | None = None) -> VocabularyPruning:
-    """Keep only ``kept_ids`` (plus ``always_kept_ids`` and the fallback) of ``model``'s input embedding and output
-    head, **in place**; return the record also attached as ``model.vocab_pruning``.
-
-    ``kept_ids``: original token ids (``ids_from_calibration``, ``ids_from_texts``, ``ids_most_frequent``,
-    ``evaluate.vocabulary.ids_from_suite``, or any ints). ``tokenizer``: its special tokens are kept and its unk
-    is the default fallback. ``fallback``: the original id whose row input tokens outside the kept set read
-    (default: unk, else eos). The model keeps taking original ids and returning logits over the original
-    vocabulary (see the module's docstring). Every input is checked before anything is changed.
-    """
+def kept_vocabulary(model, kept_ids, tokenizer=None, *, fallback: int | None = None) -> tuple[torch.Tensor, int]:
+    """(every id ``prune_vocabulary`` would keep, sorted; its fallback id), checking every input: ``kept_ids``
+    plus ``always_kept_ids`` and the fallback. The model is not changed."""
     if getattr(model, "vocab_pruning", None) is not None:
         raise Unsupported("this model's vocabulary is already pruned: load the model again and prune it once, "
                           "with the union of the ids to keep")
@@ -340,6 +349,23 @@ def prune_vocabulary(model, kept_ids, tokenizer=None, *, fallback: int | None = 
                            "token id of this model>")
 
     kept = torch.unique(torch.cat([data_ids, torch.tensor(always_kept_ids(model, tokenizer) + [fallback])]))
+    return kept, fallback
+
+
+@torch.no_grad()
+def prune_vocabulary(model, kept_ids, tokenizer=None, *, fallback: int | None = None) -> VocabularyPruning:
+    """Keep only ``kept_ids`` (plus ``always_kept_ids`` and the fallback) of ``model``'s input embedding and output
+    head, **in place**; return the record also attached as ``model.vocab_pruning``.
+
+    ``kept_ids``: original token ids (``ids_from_calibration``, ``ids_from_texts``, ``ids_most_frequent``,
+    ``evaluate.vocabulary.ids_from_suite``, or any ints). ``tokenizer``: its special tokens are kept and its unk
+    is the default fallback. ``fallback``: the original id whose row input tokens outside the kept set read
+    (default: unk, else eos). The model keeps taking original ids and returning logits over the original
+    vocabulary (see the module's docstring). Every input is checked before anything is changed.
+    """
+    kept, fallback = kept_vocabulary(model, kept_ids, tokenizer, fallback=fallback)
+    embedding, head = _embedding_and_head(model)
+    vocab = embedding.weight.shape[0]
     tied = head.weight is embedding.weight
     device = embedding.weight.device
     params_before, bytes_before = _parameter_bytes(embedding.weight, head.weight, head.bias)

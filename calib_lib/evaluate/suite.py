@@ -177,7 +177,10 @@ def score(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bo
     for text_id in texts:
         started = time.time()
         windows = evaluation_windows(text_id, tokenizer, suite.ppl_seq_len, suite.ppl_windows, suite.seed)
-        reference = load_reference(model_id, text_id, windows) if suite.kl_to_dense else None
+        # KL(dense || pruned) is infinite for a pruned vocabulary (the dense model puts mass on every token):
+        # such a run records KL(pruned || unpruned) instead (runs.runner, evaluate.vocabulary.kl_to_unpruned)
+        pruned = getattr(model, "vocab_pruning", None) is not None
+        reference = load_reference(model_id, text_id, windows) if suite.kl_to_dense and not pruned else None
         result = perplexity(model, windows, progress=progress, desc=f"ppl {text_id}", reference=reference)
         seconds = time.time() - started
         common = {"kind": "perplexity", "name": text_id, "stderr": None, "n": result.scored_tokens,

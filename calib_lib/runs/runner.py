@@ -68,6 +68,66 @@ def compress_run(spec: RunSpec, model, calibration: torch.Tensor | None, progres
                     float_noise=spec.replicate, **dict(spec.method_params))
 
 
+def _model_size(model) -> tuple[int, int]:
+    """(parameters, bytes of parameters and buffers) of a loaded model, each tensor counted once."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    parameters = {id(p): p for p in model.parameters()}
+    return (sum(p.numel() for p in parameters.values()),
+            sum(t.numel() * t.element_size() for t in tensors.values()))
+
+
+def prune_run_vocabulary(spec: RunSpec, model, tokenizer, progress: bool = False) -> tuple:
+    """A copy of ``model`` with its vocabulary pruned as ``spec.vocabulary`` says (``model`` itself stays as it
+    is: the runner restores it in place for the next run, which a pruned one's new shapes and hooks would
+    refuse), the run's vocabulary record (what was kept, parameters and bytes of the embedding and of the whole
+    model before and after, the share of each evaluation text's and task's tokens kept) and metric records of
+    KL(pruned || unpruned) per text."""
+    import copy
+
+    import numpy as np
+
+    from ..compress.vocabulary import (ids_from_calibration, ids_from_tokens, kept_vocabulary, most_frequent_of,
+                                       prune_vocabulary)
+    from ..data.sampling import sample
+    from ..evaluate.suite import evaluation_windows
+    from ..evaluate.vocabulary import kl_to_unpruned, suite_tokens
+    vocab = spec.vocabulary
+    record = {"ids": vocab.ids}
+    tokens = suite_tokens(tokenizer, spec.suite)     # what the evaluation forwards, per text and task
+    if vocab.ids == "suite":
+        ids = ids_from_tokens(torch.cat([torch.zeros(0, dtype=torch.long), *tokens.values()]),
+                              what=f"the evaluation data of suite {spec.suite.name!r}")
+    else:
+        cal = sample(vocab.calibration, tokenizer, model, progress=progress)
+        record.update(calibration_fingerprint=cal.fingerprint, calibration_tokens=int(cal.input_ids.numel()))
+        ids = (ids_from_calibration(cal) if vocab.ids == "calibration"
+               else most_frequent_of(cal.input_ids, vocab.k, what="the vocabulary's calibration set"))
+    record["data_ids"] = int(ids.numel())         # before the special tokens and the fallback are added
+    kept_vocabulary(model, ids, tokenizer)          # every input checked before the copy below is made
+    parameters_before, bytes_before = _model_size(model)
+    pruned = copy.deepcopy(model)
+    pruning = prune_vocabulary(pruned, ids, tokenizer)
+    parameters_after, bytes_after = _model_size(pruned)
+    metrics = []
+    for kind, name in tokens:
+        if kind != "perplexity":
+            continue
+        windows = evaluation_windows(name, tokenizer, spec.suite.ppl_seq_len, spec.suite.ppl_windows, spec.suite.seed)
+        sums, counts = kl_to_unpruned(pruned, model, windows, progress=progress)
+        metrics.append({"kind": "perplexity", "name": name, "metric": "kl_to_unpruned",
+                        "value": float(np.sum(sums) / np.sum(counts)), "stderr": None, "n": int(np.sum(counts))})
+    record.update({k: v for k, v in pruning.report().items() if k != "oov_tokens"})   # counted after evaluation
+    record.update(model_parameters_before=parameters_before, model_parameters_after=parameters_after,
+                  model_bytes_before=bytes_before, model_bytes_after=bytes_after,
+                  coverage={f"{kind}/{name}": pruning.coverage(text_tokens)
+                            for (kind, name), text_tokens in tokens.items()})
+    for key, share in record["coverage"].items():
+        kind, name = key.split("/", 1)
+        metrics.append({"kind": kind, "name": name, "metric": "token_coverage", "value": share,
+                        "stderr": None, "n": None})
+    return pruned, record, metrics
+
+
 def execute(spec: RunSpec, progress: bool = False) -> dict:
     from ..data.diagnostics import diagnostics
     from ..data.sampling import sample
@@ -103,9 +163,16 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
         sparsities = [v["sparsity"] for v in report["layers"].values() if "sparsity" in v]
         record["compression"] = {"damping_retries": report["damping_retries"],
                                  "mean_layer_sparsity": sum(sparsities) / len(sparsities) if sparsities else None}
+    vocabulary_metrics = []
+    if spec.vocabulary is not None:
+        t = time.time()
+        model, record["vocabulary"], vocabulary_metrics = prune_run_vocabulary(spec, model, tokenizer, progress)
+        timings["vocabulary"] = time.time() - t
     t = time.time()
     evaluation = score(model, tokenizer, spec.suite, progress=progress, model_id=model_id)
-    record["metrics"] = evaluation.metrics
+    record["metrics"] = evaluation.metrics + vocabulary_metrics
+    if spec.vocabulary is not None:
+        record["vocabulary"]["oov_input_tokens"] = model.vocab_pruning.oov_tokens
     record["documents"] = pack_blocks(evaluation.documents)      # the store keeps them in their own table
     timings["evaluation"] = time.time() - t
     timings["total"] = time.time() - started

@@ -6,6 +6,13 @@ A spec is written as YAML/JSON:
     method: {name: sparsegpt, sparsity: 0.5}
     calibration: {source: news, num_samples: 32, seq_len: 512, seed: 0, set_index: 0}
     eval: quick                       # a suite name or a suite mapping
+    vocabulary: suite                 # optional: prune the embedding and head to these token ids (below)
+
+``vocabulary`` (``compress.vocabulary``) runs after the method, on the compressed model: ``suite`` keeps the
+tokens of the evaluation data itself (Williams & Aletras 2023's dynamic setting), ``{ids: calibration,
+calibration: {...}}`` every token of a calibration set, ``{ids: frequent, k: 8192, calibration: {...}}`` the
+k most frequent tokens of one. ``calibration`` may be left out when the run's method has a calibration set:
+the vocabulary then comes from that very set (written out in the key).
 
 Everything is checked before any run starts; an error names the field's path (``method.sparsity``).
 The key is a sha256 of the normalised spec plus the ``version`` of every component that produces the
@@ -22,7 +29,11 @@ from dataclasses import dataclass, fields
 
 from ..errors import FieldError, InvalidInput
 
-TOP_LEVEL = {"model", "method", "calibration", "eval", "dtype", "batch_size", "replicate"}
+TOP_LEVEL = {"model", "method", "calibration", "eval", "dtype", "batch_size", "replicate", "vocabulary"}
+# Where a pruned vocabulary's token ids come from (``VocabularySpec.ids``).
+VOCABULARY_ORIGINS = {"suite": "the evaluation suite's own tokens (the paper's dynamic setting)",
+                      "calibration": "every token of a calibration set",
+                      "frequent": "the k most frequent tokens of a calibration set"}
 
 # Numerical-noise replicates of one configuration differ only at rounding level: replicate r forwards the
 # calibration set through each block in batches of another size (so the per-layer sums, Hessians and
@@ -40,6 +51,30 @@ class SpecError(InvalidInput):
 
 
 @dataclass(frozen=True)
+class VocabularySpec:
+    """Which token ids a run's vocabulary pruning keeps (``compress.vocabulary.prune_vocabulary``)."""
+    ids: str                         # a key of VOCABULARY_ORIGINS
+    calibration: object | None = None  # CalibrationSpec the "calibration" and "frequent" ids are drawn from
+    k: int | None = None             # "frequent": how many of the most frequent tokens
+
+    def normalized(self) -> dict:
+        out = {"ids": self.ids}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.normalized()
+        if self.k is not None:
+            out["k"] = self.k
+        return out
+
+    def label(self) -> str:
+        """'vocab: suite', 'vocab: wikipedia/16x128/set0', 'vocab: top-4096 of code/16x128/set0'."""
+        if self.ids == "suite":
+            return "vocab: suite"
+        cal = self.calibration
+        where = f"{cal.source}/{cal.num_samples}x{cal.seq_len}/set{cal.set_index}"
+        return f"vocab: top-{self.k} of {where}" if self.ids == "frequent" else f"vocab: {where}"
+
+
+@dataclass(frozen=True)
 class RunSpec:
     model: str
     method: str                      # a method name, or "dense" (no compression)
@@ -49,6 +84,7 @@ class RunSpec:
     dtype: str = "float32"
     batch_size: int = 8
     replicate: int = 0               # > 0: a numerical-noise replicate (see REPLICATE_BATCH_SIZES)
+    vocabulary: VocabularySpec | None = None   # prune the embedding and head after the method
 
     def normalized(self) -> dict:
         data = {"model": self.model, "dtype": self.dtype,
@@ -57,6 +93,8 @@ class RunSpec:
                 "eval": self.suite.to_dict(), "batch_size": self.batch_size}
         if self.replicate:           # only replicates carry the tag: a plain run's key does not change
             data["replicate"] = self.replicate
+        if self.vocabulary is not None:   # likewise: a run without vocabulary pruning keeps its key
+            data["vocabulary"] = self.vocabulary.normalized()
         return data
 
     def versions(self) -> dict:
@@ -78,7 +116,8 @@ class RunSpec:
         cal = self.calibration
         where = f" {cal.source}/{cal.num_samples}x{cal.seq_len}/set{cal.set_index}" if cal else ""
         again = f" replicate{self.replicate}(batch {self.batch_size})" if self.replicate else ""
-        return f"{self.model} {method.label() if method else 'dense'}{where}{again}"
+        vocab = f" [{self.vocabulary.label()}]" if self.vocabulary is not None else ""
+        return f"{self.model} {method.label() if method else 'dense'}{where}{again}{vocab}"
 
 
 def _check_type(path: str, value, expected: type):
@@ -157,6 +196,47 @@ def _suite(data, path: str):
         raise SpecError(f"{path}.{err.field}", str(err)) from err
 
 
+def _vocabulary(data, path: str, run_calibration):
+    """A VocabularySpec from ``ids`` (a name or a mapping); ``calibration`` defaults to the run's own set."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        data = {"ids": data}
+    if not isinstance(data, dict) or "ids" not in data:
+        raise SpecError(path, f"give the vocabulary as one of {', '.join(VOCABULARY_ORIGINS)} or a mapping with "
+                              "'ids' (and 'calibration', 'k' where they apply)")
+    unknown = [key for key in data if key not in ("ids", "calibration", "k")]
+    if unknown:
+        raise SpecError(f"{path}.{unknown[0]}", "unknown vocabulary field; known: ids, calibration, k")
+    ids = data["ids"]
+    if ids not in VOCABULARY_ORIGINS:
+        raise SpecError(f"{path}.ids", f"unknown vocabulary origin {ids!r}; known: "
+                                       + "; ".join(f"{k} ({v})" for k, v in VOCABULARY_ORIGINS.items()))
+    if ids == "suite":
+        for key in ("calibration", "k"):
+            if key in data:
+                raise SpecError(f"{path}.{key}", "the suite's vocabulary is the evaluation data's own tokens: "
+                                                 f"remove {key}, or use ids: calibration / frequent")
+        return VocabularySpec("suite")
+    if "calibration" in data:
+        calibration = _calibration(data["calibration"], f"{path}.calibration", True)
+    elif run_calibration is not None:
+        calibration = run_calibration
+    else:
+        raise SpecError(f"{path}.calibration", f"vocabulary ids '{ids}' need a calibration set and this run's "
+                                               "method has none: give source, num_samples, seq_len")
+    k = None
+    if ids == "frequent":
+        if "k" not in data:
+            raise SpecError(f"{path}.k", "missing: how many of the most frequent tokens to keep")
+        k = _check_type(f"{path}.k", data["k"], int)
+        if k <= 0:
+            raise SpecError(f"{path}.k", f"must be a positive number of tokens, got {k}")
+    elif "k" in data:
+        raise SpecError(f"{path}.k", "k applies to ids: frequent only; remove it or use ids: frequent")
+    return VocabularySpec(ids, calibration, k)
+
+
 def _check_context(model: str, calibration, suite, prefix: str) -> None:
     """Windows longer than the model's context fail here, before the model is even loaded."""
     from ..models.context import declared_context_length
@@ -174,7 +254,7 @@ def _check_context(model: str, calibration, suite, prefix: str) -> None:
 def spec_data(normalized: dict) -> dict:
     """A normalised spec (``RunSpec.normalized()``, as stored) as ``parse_spec`` input: calibration only
     for methods that take it."""
-    data = {k: normalized[k] for k in ("model", "dtype", "method", "eval", "batch_size", "replicate")
+    data = {k: normalized[k] for k in ("model", "dtype", "method", "eval", "batch_size", "replicate", "vocabulary")
             if k in normalized}
     if normalized.get("calibration") is not None:
         data["calibration"] = normalized["calibration"]
@@ -207,8 +287,11 @@ def parse_spec(data: dict, path: str = "") -> RunSpec:
     replicate = _check_type(f"{prefix}replicate", data.get("replicate", 0), int)
     if replicate < 0:
         raise SpecError(f"{prefix}replicate", f"must be 0 (the run itself) or a replicate number >= 1, got {replicate}")
+    vocabulary = _vocabulary(data.get("vocabulary"), f"{prefix}vocabulary", calibration)
     _check_context(model, calibration, suite, prefix)
-    return RunSpec(model, method, params, calibration, suite, dtype, batch_size, replicate)
+    if vocabulary is not None and vocabulary.calibration is not None:
+        _check_context(model, vocabulary.calibration, suite, f"{prefix}vocabulary.")
+    return RunSpec(model, method, params, calibration, suite, dtype, batch_size, replicate, vocabulary)
 
 
 # -- numerical-noise replicates ------------------------------------------------------------------
@@ -261,4 +344,12 @@ def component_versions(spec: RunSpec) -> dict:
         versions["source"] = source.version
         if source.uses_strategy:
             versions["strategy"] = STRATEGIES[spec.calibration.strategy].version
+    if spec.vocabulary is not None:
+        from ..compress.vocabulary import VOCABULARY_VERSION
+        versions["vocabulary"] = VOCABULARY_VERSION
+        cal = spec.vocabulary.calibration
+        if cal is not None:
+            versions["vocabulary_source"] = cal.source_entry.version
+            if cal.source_entry.uses_strategy:
+                versions["vocabulary_strategy"] = STRATEGIES[cal.strategy].version
     return versions

@@ -408,7 +408,9 @@ class Store:
                     **{f"calibration.{k}": v for k, v in cal.items()},
                     "suite": spec["eval"]["name"], "batch_size": spec.get("batch_size"),
                     "replicate": spec.get("replicate", 0),
-                    "calibration_fingerprint": run.get("calibration_fingerprint")}
+                    "calibration_fingerprint": run.get("calibration_fingerprint"),
+                    # a run that pruned its vocabulary (runs.spec.VocabularySpec.label), else None
+                    "vocabulary": _vocabulary_label(spec.get("vocabulary"))}
             for metric in run["metrics"]:
                 rows.append({**base, **{k: v for k, v in metric.items() if k != "seconds"}})
         return pd.DataFrame(rows)
@@ -465,3 +467,11 @@ class Store:
         if not parts:
             raise StoreError(f"{self.path} has per-document records of perplexity windows only, no task choices")
         return pd.concat(parts, ignore_index=True)
+
+
+def _vocabulary_label(normalized: dict | None) -> str | None:
+    """The label of a stored spec's vocabulary step ('vocab: suite'), None for a run without one."""
+    if not normalized:
+        return None
+    from .spec import _vocabulary
+    return _vocabulary(normalized, "vocabulary", None).label()     # a stored spec names its calibration

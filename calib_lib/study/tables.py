@@ -28,7 +28,7 @@ def wide(store: Store, keys: list[str] | None = None) -> pd.DataFrame:
             return tidy
     tidy = tidy[tidy["metric"] != "skipped"]
     spec_cols = [c for c in tidy.columns if c in ("key", "model", "method", "suite", "replicate", "batch_size",
-                                                  "calibration_fingerprint")
+                                                  "calibration_fingerprint", "vocabulary")
                  or c.startswith(("method.", "calibration."))]
     runs = tidy[spec_cols].drop_duplicates("key").set_index("key")
     is_text = tidy["kind"] != "task"
@@ -61,6 +61,9 @@ def wide(store: Store, keys: list[str] | None = None) -> pd.DataFrame:
     out["method_label"] = [method_label({"name": r["method"], **{k.split(".", 1)[1]: r[k] for k in out.columns
                                           if k.startswith("method.") and pd.notna(r[k])}})
                            for _, r in out.iterrows()]
+    if "vocabulary" in out:                 # 'dense + vocab: suite': never mistaken for the run without it
+        out["method_label"] = [label if not isinstance(v, str) else f"{label} + {v}"
+                               for label, v in zip(out["method_label"], out["vocabulary"])]
     out["family"] = out["method"].map(method_family)
     return out
 
