@@ -622,3 +622,86 @@ def variance_shares(table: pd.DataFrame, *, title: str, subtitle: str, component
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False, fontsize=8)
     return _finish(fig, title, subtitle)
+
+
+def vocabulary_usage(usage: pd.DataFrame, coverage: pd.DataFrame, *, title: str, subtitle: str):
+    """07, from tokens alone. Left: distinct tokens of each calibration source against the calibration tokens
+    drawn (log-log), with each task's and text's own distinct tokens as dashed lines. Right: the share of each
+    task's tokens that the largest set of each source covers (1 - its token-level out-of-vocabulary rate)."""
+    cal = usage[usage["kind"] == "calibration"] if len(usage) else usage
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2), gridspec_kw={"width_ratios": [1.25, 1]})
+    ax = axes[0]
+    sources = list(dict.fromkeys(cal["name"])) if len(cal) else []
+    colors = dict(zip(sources, sns.color_palette("colorblind", max(len(sources), 1)).as_hex()))
+    for source in sources:
+        part = cal[cal["name"] == source].sort_values("tokens")
+        ax.plot(part["tokens"], part["distinct"], "o-", color=colors[source], label=source, lw=1.4, ms=4)
+    evaluation = usage[usage["kind"] == "task"] if len(usage) else usage
+    for _, r in evaluation.iterrows():
+        ax.axhline(r["distinct"], color="0.55", lw=0.8, ls="--", zorder=1)
+        ax.annotate(f"{r['name']} ({r['distinct']:,})", xy=(0.0, r["distinct"]), xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", fontsize=7, color="0.35")
+    if len(cal):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(PLAIN)
+            axis.set_minor_formatter(NullFormatter())
+        ax.legend(title="calibration source", fontsize=8, title_fontsize=8, loc="lower right", frameon=False)
+    ax.set_xlabel("calibration tokens drawn")
+    ax.set_ylabel("distinct tokens (vocabulary kept)")
+    ax.set_title("vocabulary of a calibration set as it grows", loc="left", fontsize=10)
+    ax = axes[1]
+    tasks = coverage[coverage["kind"] == "task"] if len(coverage) else coverage
+    if len(tasks):
+        largest = tasks[tasks["num_samples"] == tasks["num_samples"].max()]
+        matrix = largest.pivot_table(index="name", columns="source", values="coverage", aggfunc="first") * 100
+        sns.heatmap(matrix, annot=True, fmt=".1f", cmap="rocket", vmin=max(0.0, float(np.nanmin(matrix.to_numpy())) - 5),
+                    vmax=100, ax=ax, cbar_kws={"shrink": 0.8, "label": "% of the task's tokens kept"})
+        ax.set_title(f"tokens kept by a {int(largest['num_samples'].iloc[0])}-sample set", loc="left", fontsize=10)
+        ax.set_xlabel("calibration source")
+        ax.set_ylabel("task")
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no task tokens (the suite has no tasks here)", ha="center", va="center", color="0.35")
+    fig.tight_layout()
+    return _finish(fig, title, subtitle)
+
+
+VOCABULARY_KINDS = {"none": ("full vocabulary", "o"), "task": ("the tasks' own tokens", "s"),
+                    "calibration": ("a calibration set's tokens", "^"), "frequent": ("most frequent tokens", "D")}
+
+
+def vocabulary_tradeoff(table: pd.DataFrame, *, title: str, subtitle: str):
+    """07: accuracy against model size. One panel per method; x: the model's parameters (millions) after
+    vocabulary pruning; y: the paired accuracy difference to the same model and method with the full vocabulary
+    (points, 95% CI over documents), marker by where the vocabulary came from, the full vocabulary at 0."""
+    methods = list(dict.fromkeys(table["method_label"].str.split(" + ", regex=False).str[0])) if len(table) else []
+    fig, axes = plt.subplots(1, max(len(methods), 1), figsize=(4.6 * max(len(methods), 1), 4.0), squeeze=False,
+                             sharey=True)
+    for ax, method in zip(axes[0], methods):
+        part = table[table["method_label"].str.split(" + ", regex=False).str[0] == method]
+        for kind, (label, marker) in VOCABULARY_KINDS.items():
+            rows = part[part["vocabulary_kind"] == kind]
+            if rows.empty:
+                continue
+            x = rows["parameters_after"].astype(float) / 1e6
+            y = 100 * rows["difference"].astype(float).fillna(0.0) if "difference" in rows else np.zeros(len(rows))
+            ax.scatter(x, y, marker=marker, s=42, color=method_color(method), edgecolor="0.2", lw=0.6, zorder=4,
+                       label=label, alpha=0.9 if kind != "none" else 1.0)
+            if "ci95_low" in rows:
+                _bar(ax, x.to_numpy(), np.asarray(y, dtype=float), 100 * rows["ci95_low"].to_numpy(dtype=float),
+                     100 * rows["ci95_high"].to_numpy(dtype=float), method_color(method))
+            for xi, yi, text in zip(x, y, rows["vocabulary_data"]):
+                if kind in ("calibration", "frequent"):
+                    ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=6.5, color="0.35")
+        ax.axhline(0, color="0.4", lw=0.8, zorder=1)
+        ax.axhspan(-1, 1, color="0.9", zorder=0, lw=0)
+        ax.set_title(method, color=method_color(method), loc="left", fontsize=10)
+        ax.set_xlabel("model parameters after pruning (millions)")
+    axes[0, 0].set_ylabel("accuracy - full vocabulary (points)")
+    handles = [Line2D([], [], marker=m, ls="", color="0.4", label=l) for _, (l, m) in VOCABULARY_KINDS.items()]
+    handles.append(Patch(color="0.9", label="+-1 point (V1's margin)"))
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, frameon=False, fontsize=8)
+    return _finish(fig, title, subtitle)

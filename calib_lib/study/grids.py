@@ -135,10 +135,53 @@ def self_calibration_grid(profile: Profile) -> StudyGrid:
     return StudyGrid("self_calibration", points)
 
 
+def vocabulary_grid(profile: Profile) -> StudyGrid:
+    """07: the dense model and each vocabulary-pruned run, each with the run it is compared with (``base_key``:
+    the same model and method without vocabulary pruning). The task-derived vocabulary (the suite's own tokens,
+    the paper's setting) on the dense model and stacked on each of ``vocab_methods``; the tokens of one set of
+    each of ``vocab_sources`` at each of ``vocab_sizes`` samples; the k most frequent tokens of the base
+    source's largest such set."""
+    dense = _spec(profile, {"name": "dense"})
+
+    def vocab(base: RunSpec, vocabulary: dict) -> RunSpec:
+        data = {**_spec_data(base), "vocabulary": vocabulary}
+        return parse_spec(data)
+
+    def point(spec, base, kind, data, **extra):
+        return ({"method_label": method_label(dict((("name", spec.method),) + spec.method_params)),
+                 "vocabulary_kind": kind, "vocabulary_data": data, "base_key": base.key, **extra}, spec)
+
+    points = [point(dense, dense, "none", "full vocabulary")]
+    for m in ({"name": "dense"},) + tuple(profile.vocab_methods):
+        base = _spec(profile, m)
+        if m["name"] != "dense":
+            points.append(point(base, base, "none", "full vocabulary"))
+        points.append(point(vocab(base, {"ids": "suite"}), base, "task", "the tasks' own tokens"))
+    sources = resolve_sources(profile.vocab_sources) if profile.vocab_sources else ()
+    for source in sources:
+        for n in profile.vocab_sizes:
+            cal = {"source": source, "num_samples": n, "seq_len": profile.seq_len, "seed": profile.seed, "set_index": 0}
+            points.append(point(vocab(dense, {"ids": "calibration", "calibration": cal}), dense, "calibration",
+                                f"{source} {n}x{profile.seq_len}", source=source, num_samples=n))
+    if profile.vocab_frequent and profile.vocab_sizes:
+        cal = {"source": profile.base_source, "num_samples": max(profile.vocab_sizes), "seq_len": profile.seq_len,
+               "seed": profile.seed, "set_index": 0}
+        for k in profile.vocab_frequent:
+            points.append(point(vocab(dense, {"ids": "frequent", "k": k, "calibration": cal}), dense, "frequent",
+                                f"top {k} of {profile.base_source} {cal['num_samples']}x{profile.seq_len}",
+                                source=profile.base_source, num_samples=cal["num_samples"]))
+    return StudyGrid("vocabulary", points)
+
+
+def _spec_data(spec: RunSpec) -> dict:
+    from ..runs.spec import spec_data
+    return spec_data(spec.normalized())
+
+
 GRIDS = {"dense": dense_grid, "baselines": baseline_grid, "noise_floor": noise_floor_grid,
          "sample_count": sample_count_grid, "sequence_length": sequence_length_grid,
          "source_domain": source_domain_grid, "seed_variance": seed_variance_grid,
-         "self_calibration": self_calibration_grid}
+         "self_calibration": self_calibration_grid, "vocabulary": vocabulary_grid}
 
 
 def run(grid: StudyGrid, store: Store, backend: str | None = None, progress: bool = True,

@@ -10,7 +10,8 @@ priority order:
 2. within a model, the claims' runs first: the dense model and data-free baselines, then the grids the six
    verdicts read (noise floor, source domain, seed variance, sample count, self-calibration), for the first
    pruning and the first quantization method of the profile (the pair the verdicts compare), then the same
-   grids for the other methods, then the grids only notebooks 01-05 read (sequence length); the other
+   grids for the other methods and 07's vocabulary grid, then the grids only notebooks 01-05 read (sequence
+   length); the other
    models get only what ``06_findings`` reads for them (``profiles.findings_profile``);
 3. within a grid, the grid's own order.
 
@@ -31,6 +32,8 @@ from .profiles import Profile, claim_methods, findings_profile, get_profile
 
 VERDICT_GRIDS = ("baselines", "noise_floor", "source_domain", "seed_variance", "sample_count", "self_calibration")
 NOTEBOOK_ONLY_GRIDS = ("sequence_length",)
+# 07's grid: its own claim (the task-derived vocabulary keeps accuracy), on every model, after the six claims' runs
+VOCABULARY_GRIDS = ("vocabulary",)
 
 
 def claim_pair(profile: Profile) -> set[str]:
@@ -49,7 +52,7 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
     for model_rank, model in enumerate(models):
         cfg = findings_profile(base, model)
         pair = claim_pair(cfg)
-        grids = VERDICT_GRIDS + (NOTEBOOK_ONLY_GRIDS if model == base.model else ())
+        grids = VERDICT_GRIDS + VOCABULARY_GRIDS + (NOTEBOOK_ONLY_GRIDS if model == base.model else ())
         for grid_rank, grid_name in enumerate(grids):
             for position, (labels, spec) in enumerate(GRIDS[grid_name](cfg).points):
                 if spec.key in seen:
@@ -57,6 +60,7 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
                 seen.add(spec.key)
                 label = labels.get("method_label", "")
                 tier = (2 if grid_name in NOTEBOOK_ONLY_GRIDS
+                        else 1 if grid_name in VOCABULARY_GRIDS
                         else 0 if label in pair or grid_name == "baselines" else 1)
                 rows.append({"model_rank": model_rank, "tier": tier, "grid_rank": grid_rank, "position": position,
                              "model": model, "grid": grid_name, "method_label": label, "key": spec.key,

@@ -43,6 +43,13 @@ class Profile:
     seq_len_regimes: tuple = ("budget", "count")   # 02: at a fixed token budget, at a fixed sample count
     variance_methods: tuple | None = None  # 04: the methods drawn `sets` times (None: ``methods``)
     count_methods: tuple | None = None     # 01, 02: the methods run over sample counts and lengths (None: ``methods``)
+    # 07 (vocabulary pruning): the task-derived vocabulary on the dense model and stacked on `vocab_methods`;
+    # calibration-derived vocabularies from one set of each of `vocab_sources` at each of `vocab_sizes`
+    # samples (of seq_len tokens); the k most frequent tokens of the base source's largest set for each k
+    vocab_sources: tuple = ()
+    vocab_sizes: tuple = ()
+    vocab_methods: tuple = ()
+    vocab_frequent: tuple = ()
 
 
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
@@ -74,7 +81,8 @@ PROFILES = {
         sample_counts=(1, 2, 4, 8), seq_lens=(16, 32, 64), token_budget=128,
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
         suite=suite_fields("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
-        findings_models=("tiny-llama",)),
+        findings_models=("tiny-llama",), vocab_sources=("news",), vocab_sizes=(4,), vocab_methods=(SPARSEGPT,),
+        vocab_frequent=(64,)),
     "quick": Profile(
         "quick", "SmolLM2-135M on CPU in under half an hour: SparseGPT and GPTQ on small calibration sets, data-free "
                  "baselines, a reduced evaluation; every claim's verdict says what budget would decide it",
@@ -86,7 +94,9 @@ PROFILES = {
         # Gemma-3-270M costs ~3x SmolLM2 a run: its claims are tested on the standard profile
         findings_models=("smollm2-135m",), baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24,),
         # the papers' regime only (a fixed token budget): the fixed-count arm costs ~3 min, left to standard
-        optional_sources=MIRROR_SOURCES, seq_len_regimes=("budget",)),
+        optional_sources=MIRROR_SOURCES, seq_len_regimes=("budget",),
+        # 07: four runs (~2 min): the task vocabulary on dense and SparseGPT, two sources' base-size sets
+        vocab_sources=("wikipedia", "code"), vocab_sizes=(16,), vocab_methods=(SPARSEGPT,)),
     "standard": Profile(
         "standard", "SmolLM2-135M and Gemma-3-270M on CPU for tens of hours (a background sweep, calib study "
                     "--runs-only): the papers' methods at 32 x 512, five non-overlapping sets per source, six tasks of "
@@ -109,7 +119,8 @@ PROFILES = {
         suite=dict(suite_fields("study-standard", ("wikitext2",) + PYPI_SOURCES, 6, 512,
                                 ("arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "lambada_openai"),
                                 300), optional_tasks=False),
-        replicates=4),
+        replicates=4, vocab_sources=PYPI_SOURCES + MIRROR_SOURCES, vocab_sizes=(4, 32),
+        vocab_methods=(SPARSEGPT, WANDA, GPTQ3), vocab_frequent=(8192,)),
     "paper": Profile(
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
@@ -121,7 +132,9 @@ PROFILES = {
         schedules=((1.0, 1.0), (1.5, 0.5), (0.5, 1.5), (2.0, 1.0)),
         suite=suite_fields("study-paper", ("wikitext2", "c4"), None, 2048,
                      ("arc_easy", "arc_challenge", "boolq", "hellaswag", "lambada_openai", "openbookqa",
-                      "piqa", "rte", "winogrande", "copa"), None), backend="ray"),
+                      "piqa", "rte", "winogrande", "copa"), None), backend="ray",
+        vocab_sources="available", vocab_sizes=(4, 32, 128), vocab_methods=(WANDA, SPARSEGPT, GPTQ3),
+        vocab_frequent=(4096, 16384)),
 }
 
 
@@ -166,7 +179,8 @@ def findings_profile(profile: str | Profile, model: str) -> Profile:
     return replace(base, model=model, methods=pair, self_methods=tuple(m for m in base.self_methods if m == SPARSEGPT_24),
                    variance_methods=None if base.variance_methods is None else tuple(
                        m for m in base.variance_methods if m in pair),
-                   count_methods=None if base.count_methods is None else tuple(m for m in base.count_methods if m in pair))
+                   count_methods=None if base.count_methods is None else tuple(m for m in base.count_methods if m in pair),
+                   vocab_methods=tuple(m for m in base.vocab_methods if m in pair))
 
 
 def resolve_sources(sources, optional=()) -> tuple[str, ...]:
