@@ -55,13 +55,34 @@ def _task_ids(tokenizer, task: str, how: str, limit: int | None, seed: int) -> l
     return ids
 
 
+# suite_tokens per (tokenizer, suite): a sweep's vocabulary runs share one suite, and building lm-eval's
+# requests for its tasks costs seconds each time. Only what is available is cached (a task that was missing is
+# looked for again next time: the cache key holds the availability of everything asked for).
+_SUITE_TOKENS: dict = {}
+
+
 def suite_tokens(tokenizer, suite="quick") -> dict[tuple[str, str], torch.Tensor]:
     """Every token ``evaluate(model, tokenizer, suite)`` forwards, per ``("perplexity", text)`` and
     ``("task", task)``: the suite's windows and every lm-eval request of its tasks (same seeded documents)."""
-    from ..data import get_source
-    from .suite import _resolve_text, evaluation_windows, get_suite
-    from .tasks import TaskUnavailableError, task_available
+    import json
+
+    from .suite import get_suite
+    from .tasks import task_available
     suite = get_suite(suite)
+    key = (getattr(tokenizer, "name_or_path", None), len(tokenizer), type(tokenizer).__name__,
+           json.dumps(suite.to_dict(), sort_keys=True), tuple(task_available(t)[0] for t in suite.tasks))
+    if key[0] is None or key not in _SUITE_TOKENS:
+        pieces = _suite_tokens(tokenizer, suite)
+        if key[0] is None:
+            return pieces
+        _SUITE_TOKENS[key] = pieces
+    return {name: tokens.clone() for name, tokens in _SUITE_TOKENS[key].items()}
+
+
+def _suite_tokens(tokenizer, suite) -> dict[tuple[str, str], torch.Tensor]:
+    from ..data import get_source
+    from .suite import _resolve_text, evaluation_windows
+    from .tasks import TaskUnavailableError, task_available
     pieces = {}
     for text in suite.ppl_texts:
         text_id = _resolve_text(text)

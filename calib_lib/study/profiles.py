@@ -95,8 +95,9 @@ PROFILES = {
         findings_models=("smollm2-135m",), baselines=(MAGNITUDE, RTN3), self_methods=(SPARSEGPT_24,),
         # the papers' regime only (a fixed token budget): the fixed-count arm costs ~3 min, left to standard
         optional_sources=MIRROR_SOURCES, seq_len_regimes=("budget",),
-        # 07: four runs (~2 min): the task vocabulary on dense and SparseGPT, two sources' base-size sets
-        vocab_sources=("wikipedia", "code"), vocab_sizes=(16,), vocab_methods=(SPARSEGPT,)),
+        # 07: three runs (~1.5 min): the task vocabulary and two sources' base-size sets, on the dense model
+        # (stacked on the methods: standard)
+        vocab_sources=("wikipedia", "code"), vocab_sizes=(16,)),
     "standard": Profile(
         "standard", "SmolLM2-135M and Gemma-3-270M on CPU for tens of hours (a background sweep, calib study "
                     "--runs-only): the papers' methods at 32 x 512, five non-overlapping sets per source, six tasks of "

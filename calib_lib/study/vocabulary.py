@@ -212,13 +212,17 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
         best = cal.loc[cal["task_token_coverage"].idxmax()]
         text += (f" Calibration-derived vocabularies keep {int(cal['kept'].min()):,}-{int(cal['kept'].max()):,} tokens; "
                  f"they cover {100 * worst.task_token_coverage:.1f}% ({worst.vocabulary_data}) to "
-                 f"{100 * best.task_token_coverage:.1f}% ({best.vocabulary_data}) of the tasks' tokens and "
-                 f"{100 * cal['gold_covered'].min():.0f}-{100 * cal['gold_covered'].max():.0f}% of their gold answers"
-                 if "gold_covered" in cal else "")
+                 f"{100 * best.task_token_coverage:.1f}% ({best.vocabulary_data}) of the tasks' tokens")
+        if "gold_covered" in cal:
+            text += (f" and {100 * cal['gold_covered'].min():.0f}-{100 * cal['gold_covered'].max():.0f}% of their "
+                     "gold answers (an answer holding a pruned token cannot be produced)")
         if "difference" in cal and cal["difference"].notna().any():
             lo, hi = cal.loc[cal["difference"].idxmin()], cal.loc[cal["difference"].idxmax()]
-            text += (f"; accuracy against the full vocabulary {100 * lo.difference:+.1f} ({lo.vocabulary_data}) to "
-                     f"{100 * hi.difference:+.1f} points ({hi.vocabulary_data})")
+            if lo.difference == hi.difference:
+                text += f"; accuracy against the full vocabulary {100 * lo.difference:+.1f} points for each"
+            else:
+                text += (f"; accuracy against the full vocabulary {100 * lo.difference:+.1f} ({lo.vocabulary_data}) "
+                         f"to {100 * hi.difference:+.1f} points ({hi.vocabulary_data})")
         text += "."
     if coverage is not None and len(coverage):
         tasks = coverage[coverage["kind"] == "task"]
