@@ -53,12 +53,12 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from . import stats
+from .stats import UNTESTABLE
 from .study import summaries
 from .study.tables import has_accuracy, ppl_columns, task_columns
 
 ALPHA = 0.05
 POWER = 0.8
-UNTESTABLE = "untestable at this budget"
 VERDICTS = ("holds", "does not hold", "inconclusive", UNTESTABLE)
 
 CLAIMS = {
@@ -789,18 +789,6 @@ def f3_plateau(count_table: pd.DataFrame, floor: pd.DataFrame | None = None, *, 
 
 # -- F4 ------------------------------------------------------------------------------------------------------
 
-def _paired_differences(documents: pd.DataFrame, key_a: str, key_b: str) -> dict[str, np.ndarray] | None:
-    """{task: correct(a) - correct(b) per document both runs scored} (``stats.paired_documents``, matched on
-    task and doc_id), or None when either run has no task records."""
-    try:
-        pairs = stats.paired_documents(documents, key_a, key_b, "correct").dropna(subset=["a", "b"])
-    except ValueError:
-        return None
-    out = {task: (part["a"] - part["b"]).to_numpy(dtype=float)
-           for task, part in pairs.groupby("name", sort=True, observed=True)}
-    return out or None
-
-
 def f4_frame(source_table: pd.DataFrame, self_table: pd.DataFrame, documents: pd.DataFrame | None,
              floor: pd.DataFrame | None = None, *, margin: float = CLAIMED["F4"], alpha: float = ALPHA) -> pd.DataFrame:
     """Per method: the best self-generated set and the best real source (``summaries.self_vs_real``, as in
@@ -818,42 +806,13 @@ def f4_frame(source_table: pd.DataFrame, self_table: pd.DataFrame, documents: pd
     for _, r in comparison.iterrows():
         row = {"method_label": r["method_label"], "best_self": r["best self"], "best_real": r["best real"],
                "self_key": r["self_key"], "real_key": r["real_key"], "picked_by": r["picked by"]}
-        pairs = _paired_differences(documents, r["self_key"], r["real_key"]) if documents is not None else None
+        pairs = stats.paired_accuracy_differences(documents, r["self_key"], r["real_key"]) if documents is not None else None
         if pairs is None:
             rows.append(row | {"status": "no per-document records"})
             continue
         fl = _floor(floor, r["method_label"], "acc:mean")
-        rows.append(row | {"status": "ok", **paired_tost(pairs, margin, alpha), "float_sd": fl.sd})
+        rows.append(row | {"status": "ok", **stats.paired_tost(pairs, margin, alpha, power=POWER), "float_sd": fl.sd})
     return pd.DataFrame(rows)
-
-
-def paired_tost(pairs: dict[str, np.ndarray], margin: float, alpha: float = ALPHA) -> dict:
-    """TOST equivalence of two runs from per-document accuracy differences ``{task: a - b}``: the mean over
-    tasks (each weighted equally), its SE over documents, the (1 - 2 alpha) CI, the TOST p against +-`margin`,
-    the 80%-power equivalence bound (``mde``, from the discordance alone, with one pseudo-pair each way so that
-    zero flips is not zero variance) and the documents per task that bound needs to reach `margin`."""
-    tasks = sorted(pairs)
-    means, variances, psis, sizes = [], [], [], []
-    for task in tasks:
-        d = pairs[task]
-        n = len(d)
-        psi = (np.count_nonzero(d) + 1) / (n + 2)               # discordance, one pseudo-pair each way
-        means.append(d.mean())
-        variances.append(max(d.var(ddof=1) if n > 1 else 0.0, psi - d.mean() ** 2, 1 / (n + 2)))
-        psis.append(psi)
-        sizes.append(n)
-    means, variances, psis, sizes = map(np.asarray, (means, variances, psis, sizes))
-    t = len(tasks)
-    k_power = _z(alpha) + float(sps.norm.ppf(1 - (1 - POWER) / 2))     # TOST: z_.95 + z_.9
-    se = math.sqrt(float(np.sum(variances / sizes)) / t ** 2)
-    se_pre = math.sqrt(float(np.sum(psis / sizes)) / t ** 2)
-    est = float(means.mean())
-    z = _z(alpha)
-    p_low, p_high = float(sps.norm.sf((est + margin) / se)), float(sps.norm.cdf((est - margin) / se))
-    return {"tasks": t, "documents": int(sizes.sum()), "docs_per_task": int(np.median(sizes)),
-            "difference": est, "se": se, "ci_low": est - z * se, "ci_high": est + z * se,
-            "p_tost": max(p_low, p_high), "mde": k_power * se_pre, "discordance": float(psis.mean()),
-            "needed_docs_per_task": math.ceil(float(psis.mean()) * (k_power / margin) ** 2 / t)}
 
 
 def f4_self_generated(source_table: pd.DataFrame, self_table: pd.DataFrame, documents: pd.DataFrame | None = None,

@@ -427,7 +427,10 @@ def noise_floor(df: pd.DataFrame, value: str, config: list[str] | str) -> dict:
     config = [config] if isinstance(config, str) else list(config)
     data = df[config + [value]].dropna(subset=[value])
     per = (data.groupby(config, dropna=False)[value]
-           .agg(n="size", sd=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else np.nan,
+           # identical replicates have SD exactly 0 (np.std can give 1e-16: its mean of n equal floats need
+           # not equal them), which beyond_noise_floor reads as a deterministic method
+           .agg(n="size", sd=lambda v: (0.0 if np.max(v) == np.min(v) else float(np.std(v, ddof=1)))
+                if len(v) > 1 else np.nan,
                 range=lambda v: float(np.max(v) - np.min(v)))
            .reset_index())
     replicated = per[per["n"] >= 2]
@@ -478,3 +481,50 @@ def paired_documents(documents: pd.DataFrame, key_a: str, key_b: str, value: str
         raise ValueError(f"run {missing} has no per-document {', '.join(kinds)} records in this frame")
     both = pd.concat({"a": a, "b": b}, axis=1, join="inner").reset_index()
     return both
+
+
+# -- equivalence of two runs over documents (claims F4 and V1) ----------------------------------------------
+
+UNTESTABLE = "untestable at this budget"     # the verdict of a rule whose budget cannot decide it
+
+
+def paired_accuracy_differences(documents: pd.DataFrame, key_a: str, key_b: str) -> dict[str, np.ndarray] | None:
+    """{task: correct(a) - correct(b) per document both runs scored} (``paired_documents``, matched on task and
+    doc_id), or None when either run has no task records."""
+    try:
+        pairs = paired_documents(documents, key_a, key_b, "correct").dropna(subset=["a", "b"])
+    except ValueError:
+        return None
+    out = {task: (part["a"] - part["b"]).to_numpy(dtype=float)
+           for task, part in pairs.groupby("name", sort=True, observed=True)}
+    return out or None
+
+
+def paired_tost(pairs: dict[str, np.ndarray], margin: float, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """TOST equivalence of two runs from per-document accuracy differences ``{task: a - b}``: the mean over
+    tasks (each weighted equally), its SE over documents, the (1 - 2 alpha) CI, the TOST p against +-`margin`,
+    the `power` equivalence bound (``mde``, from the discordance alone, with one pseudo-pair each way so that
+    zero flips is not zero variance) and the documents per task that bound needs to reach `margin`."""
+    import math
+    tasks = sorted(pairs)
+    means, variances, psis, sizes = [], [], [], []
+    for task in tasks:
+        d = pairs[task]
+        n = len(d)
+        psi = (np.count_nonzero(d) + 1) / (n + 2)               # discordance, one pseudo-pair each way
+        means.append(d.mean())
+        variances.append(max(d.var(ddof=1) if n > 1 else 0.0, psi - d.mean() ** 2, 1 / (n + 2)))
+        psis.append(psi)
+        sizes.append(n)
+    means, variances, psis, sizes = map(np.asarray, (means, variances, psis, sizes))
+    t = len(tasks)
+    z = float(stats.norm.ppf(1 - alpha))
+    k_power = z + float(stats.norm.ppf(1 - (1 - power) / 2))       # TOST: z_(1-alpha) + z_(1-(1-power)/2)
+    se = math.sqrt(float(np.sum(variances / sizes)) / t ** 2)
+    se_pre = math.sqrt(float(np.sum(psis / sizes)) / t ** 2)
+    est = float(means.mean())
+    p_low, p_high = float(stats.norm.sf((est + margin) / se)), float(stats.norm.cdf((est - margin) / se))
+    return {"tasks": t, "documents": int(sizes.sum()), "docs_per_task": int(np.median(sizes)),
+            "difference": est, "se": se, "ci_low": est - z * se, "ci_high": est + z * se,
+            "p_tost": max(p_low, p_high), "mde": k_power * se_pre, "discordance": float(psis.mean()),
+            "needed_docs_per_task": math.ceil(float(psis.mean()) * (k_power / margin) ** 2 / t)}

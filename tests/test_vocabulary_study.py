@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from calib_lib import study
-from calib_lib.findings import UNTESTABLE, paired_tost
+from calib_lib.stats import UNTESTABLE, paired_tost
 from calib_lib.study.vocabulary import V1_MARGIN, vocabulary_verdict
 
 

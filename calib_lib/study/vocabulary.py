@@ -88,7 +88,7 @@ def vocabulary_table(store: Store, grid: StudyGrid) -> pd.DataFrame:
     unpruned), the share of the tasks' tokens and of their gold answers the vocabulary covers, and for pruned
     runs the paired difference in accuracy to its full-vocabulary run (``base_key``): mean over tasks, SE,
     95% CI, the TOST of V1 and the same with ties broken at random."""
-    from ..findings import _paired_differences, paired_tost
+    from ..stats import paired_accuracy_differences, paired_tost
     table = grid.results(store)
     if table.empty:
         return table
@@ -123,7 +123,7 @@ def vocabulary_table(store: Store, grid: StudyGrid) -> pd.DataFrame:
             gold = documents[(documents["key"] == r["key"]) & (documents["kind"] == "task")]["gold_loglik"]
             row["gold_covered"] = float(np.isfinite(gold.astype(float)).mean()) if len(gold) else np.nan
             if r["key"] != r["base_key"]:
-                pairs = _paired_differences(documents, r["key"], r["base_key"])
+                pairs = paired_accuracy_differences(documents, r["key"], r["base_key"])
                 if pairs:
                     tost = paired_tost(pairs, V1_MARGIN)
                     half95 = 1.959964 * tost["se"]
@@ -158,7 +158,7 @@ def vocabulary_verdict(table: pd.DataFrame, *, margin: float = V1_MARGIN, alpha:
     the design's 80%-power equivalence bound exceeds the margin (the row says how many documents per task would
     do); else
     inconclusive. The 95% CI (does it contain 0: the issue's "inside the paired CI of dense") is reported too."""
-    from ..findings import UNTESTABLE
+    from ..stats import UNTESTABLE
     rows = table[(table["vocabulary_kind"] == "task")] if len(table) else table
     base = {"claim": "V1", "statement": V1_STATEMENT, "rule": V1_RULE, "what_would_decide": ""}
     if rows.empty or "difference" not in rows or rows["difference"].isna().all():
