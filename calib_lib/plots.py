@@ -637,10 +637,12 @@ def vocabulary_usage(usage: pd.DataFrame, coverage: pd.DataFrame, *, title: str,
         part = cal[cal["name"] == source].sort_values("tokens")
         ax.plot(part["tokens"], part["distinct"], "o-", color=colors[source], label=source, lw=1.4, ms=4)
     evaluation = usage[usage["kind"] == "task"] if len(usage) else usage
-    for _, r in evaluation.iterrows():
+    for i, (_, r) in enumerate(evaluation.sort_values("distinct").iterrows()):
         ax.axhline(r["distinct"], color="0.55", lw=0.8, ls="--", zorder=1)
-        ax.annotate(f"{r['name']} ({r['distinct']:,})", xy=(0.0, r["distinct"]), xycoords=("axes fraction", "data"),
-                    xytext=(3, 2), textcoords="offset points", fontsize=7, color="0.35")
+        # alternate sides, so that tasks with similar counts do not print over each other
+        ax.annotate(f"{r['name']} ({r['distinct']:,})", xy=(i % 2, r["distinct"]), xycoords=("axes fraction", "data"),
+                    xytext=(3 if i % 2 == 0 else -3, 2), textcoords="offset points", fontsize=7, color="0.35",
+                    ha="left" if i % 2 == 0 else "right")
     if len(cal):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -692,9 +694,11 @@ def vocabulary_tradeoff(table: pd.DataFrame, *, title: str, subtitle: str):
             if "ci95_low" in rows:
                 _bar(ax, x.to_numpy(), np.asarray(y, dtype=float), 100 * rows["ci95_low"].to_numpy(dtype=float),
                      100 * rows["ci95_high"].to_numpy(dtype=float), method_color(method))
-            for xi, yi, text in zip(x, y, rows["vocabulary_data"]):
-                if kind in ("calibration", "frequent"):
-                    ax.annotate(text, (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=6.5, color="0.35")
+            if kind in ("calibration", "frequent"):
+                # stacked labels: vocabularies of similar size and accuracy sit on one spot
+                for j, (xi, yi, text) in enumerate(zip(x, y, rows["vocabulary_data"])):
+                    ax.annotate(text, (xi, yi), xytext=(5, 3 - 9 * j), textcoords="offset points", fontsize=6.5,
+                                color="0.35")
         ax.axhline(0, color="0.4", lw=0.8, zorder=1)
         ax.axhspan(-1, 1, color="0.9", zorder=0, lw=0)
         ax.set_title(method, color=method_color(method), loc="left", fontsize=10)
