@@ -101,10 +101,9 @@ def vocabulary_table(store: Store, grid: StudyGrid) -> pd.DataFrame:
     expected = _expected_accuracy(store, keys)
     expected_mean = (expected.groupby(["key", "name"])["expected"].mean().groupby("key").mean()
                      if len(expected) else pd.Series(dtype=float))
-    rows = []
+    rows, vocab_of = [], {}
     for _, r in table.iterrows():
-        record = store.get(r["key"]) or {}
-        vocab = record.get("vocabulary") or {}
+        vocab = vocab_of[r["key"]] = (store.get(r["key"]) or {}).get("vocabulary") or {}
         row = {"key": r["key"], "base_key": r["base_key"], "model": r["model"], "method_label": r["method_label"],
                "vocabulary_kind": r["vocabulary_kind"], "vocabulary_data": r["vocabulary_data"],
                "source": r.get("source", np.nan), "num_samples": r.get("num_samples", np.nan),
@@ -140,8 +139,7 @@ def vocabulary_table(store: Store, grid: StudyGrid) -> pd.DataFrame:
     pruned = out[out["vocabulary_kind"] != "none"].dropna(subset=["parameters_before"]).drop_duplicates("base_key")
     for column, measured in (("parameters_before", "parameters_before"), ("vocab_size", "vocab_size")):
         out[column] = out[column].fillna(out["key"].map(pruned.set_index("base_key")[measured]))
-    before = {r["base_key"]: (store.get(r["key"]) or {}).get("vocabulary", {}).get("model_bytes_before", np.nan)
-              for _, r in pruned.iterrows()}
+    before = {r["base_key"]: vocab_of[r["key"]].get("model_bytes_before", np.nan) for _, r in pruned.iterrows()}
     full = out["vocabulary_kind"] == "none"
     out.loc[full, "bytes_after"] = out.loc[full, "key"].map(before)
     out.loc[full, "kept"] = out.loc[full, "vocab_size"]
