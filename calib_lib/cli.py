@@ -245,6 +245,15 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_sensitivity(args) -> int:
+    from .study.sensitivity import run_sensitivity
+    result = run_sensitivity(args.model, args.method, args.budget, args.sources, results_dir=args.results_dir,
+                             out=args.out, html=not args.no_html, dry_run=args.dry_run)
+    if result["report"]:
+        print(f"report: {result['html'] or result['report']} ({result['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_data_sources(args) -> int:
     from .data import source_table
     rows = source_table()
@@ -444,6 +453,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="with --runs-only: at most this many missing runs, in plan order")
     p.add_argument("--address", help="with --runs-only --backend ray: join this Ray cluster (default: a local one)")
     p.set_defaults(func=cmd_study)
+
+    p = verbs.add_parser("sensitivity", help="does the calibration data matter for this model? run a designed grid "
+                                             "(sources x non-overlapping sets, random tokens, sample counts, noise "
+                                             "floor, dense and data-free baselines) and render one HTML report")
+    p.add_argument("--model", required=True, help="an embedded name (calib model list), a local checkpoint folder or "
+                                                  "a Hugging Face hub id")
+    p.add_argument("--method", required=True, action="append", metavar="NAME[:key=value,...]",
+                   help="a method that reads calibration data, e.g. wanda, sparsegpt, gptq, awq, "
+                        "gptq:bits=4,group_size=128, wanda:n=2,m=4 (repeat for several)")
+    p.add_argument("--budget", default="quick", help="quick (minutes on a CPU) | standard (hours) | tiny (a check)")
+    p.add_argument("--sources", nargs="+", metavar="SOURCE",
+                   help="real calibration sources to compare (default: the budget's; 'available': every one here)")
+    p.add_argument("--results-dir", default="results/sensitivity",
+                   help="store of the runs (runs/, one file per run) and default folder of the report")
+    p.add_argument("--out", help="the report notebook (.ipynb; the HTML goes beside it); default "
+                                 "<results-dir>/<model>-<method>-<budget>.ipynb")
+    p.add_argument("--no-html", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the grid's cost and stop")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = verbs.add_parser("generate", help="greedy continuation of a prompt")
     p.add_argument("--model", default="smollm2-135m")

@@ -41,10 +41,14 @@ def notebook_names(only: list[str] | None = None) -> list[str]:
     return [n for n in order if n in only]
 
 
-def _html(executed: Path) -> Path:
+def _html(executed: Path, exclude_input: bool = False) -> Path:
+    """The executed notebook as one HTML file (figures embedded as data URIs: it needs no other file);
+    `exclude_input`: without the code cells' source, as a report reads."""
     import nbformat
     from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    exporter = HTMLExporter(exclude_input=exclude_input, exclude_input_prompt=exclude_input,
+                            exclude_output_prompt=exclude_input)
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     target = executed.with_suffix(".html")
     atomic_write_text(target, body)
     return target
@@ -110,3 +114,33 @@ def execute_notebooks(profile: str, *, only: list[str] | None = None, results_di
         log(f"[{name}] done in {row['seconds']} s")
         summary.append(row)
     return summary
+
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+
+
+def execute_report(template: str, executed: str | Path, parameters: dict, *, kernel: str = "python3",
+                   html: bool = True) -> dict:
+    """Execute a report template (``calib_lib/templates/<template>.ipynb``, shipped with the package) with
+    papermill into `executed` and, with `html`, write it beside as one self-contained HTML file without the
+    code. Nothing is left at `executed` by a failing run but the executed copy named in the error."""
+    import papermill as pm
+    source = TEMPLATE_DIR / f"{template}.ipynb"
+    if not source.is_file():
+        raise InvalidInput(f"no report template {template!r} in {TEMPLATE_DIR}")
+    executed = Path(executed).resolve()
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    for var in ("CALIB_MIRROR", "CALIB_CACHE"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).expanduser().resolve())
+    started = time.time()
+    try:
+        pm.execute_notebook(str(source), str(executed), kernel_name=kernel, cwd=str(executed.parent),
+                            progress_bar=False, parameters=parameters)
+    except pm.PapermillExecutionError as err:
+        raise NotebookFailed(f"report {template} failed in {_failed_cell(executed)}: {err.ename}: "
+                             f"{str(err.evalue).rstrip('.')}. The executed copy is {executed}.") from err
+    row = {"report": str(executed), "seconds": round(time.time() - started, 1)}
+    if html:
+        row["html"] = str(_html(executed, exclude_input=True))
+    return row

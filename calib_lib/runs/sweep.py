@@ -128,7 +128,7 @@ def _failure(err: BaseException) -> dict:
 
 
 def run_specs(specs: list[RunSpec], store: Store, backend: str = "local", address: str | None = None,
-              progress: bool = True, num_cpus: int | None = None) -> dict:
+              progress: bool = True, num_cpus: int | None = None, progress_file=None) -> dict:
     """Run every spec not yet done; return counts of what happened.
 
     Each run is claimed in the store before it is computed. Runs that another sweep of the same store
@@ -144,7 +144,7 @@ def run_specs(specs: list[RunSpec], store: Store, backend: str = "local", addres
     if not todo:
         return summary
     with store.claimant() as me, tqdm(total=len(todo), desc="runs" if backend == "local" else "runs (ray)",
-                                      disable=not progress) as bar:
+                                      disable=not progress, file=progress_file) as bar:
         if backend == "local":
             _run_local(_claimed(todo, store, me, started, summary, bar, batch=1), store, summary, bar)
         else:
