@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.calib-installed
 MODEL  ?= smollm2-135m
 
-.PHONY: setup run test test-unit lab clean-venv
+.PHONY: setup run test test-unit lab browser-check clean-venv
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test-unit: $(STAMP)
 # Jupyter refuses to run as root without --allow-root (containers often are root).
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The interactive views in a real browser: headless Chromium opens the committed HTML and JupyterLab with the
+# executed explore notebook, saves screenshots to figures/browser/, fails on an empty view or a JavaScript error.
+# Needs Chromium (Debian: apt-get install chromium).
+browser-check: $(STAMP)
+	$(BIN)/python scripts/browser_check.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,8 +22,9 @@ NOTEBOOK_DIR = REPO / "notebooks"
 STUDIES = ("01_sample_count", "02_sequence_length", "03_source_domain", "04_seed_variance",
            "05_self_calibration", "07_vocabulary")
 # 06 tests the six claims on the runs 01-05 made (on quick: no run of its own), so make run includes it;
-# 00_overview comes last to index every finding.
-ORDER = STUDIES + ("06_findings", "00_overview")
+# 10_explore shows every run of the store interactively (no run of its own); 00_overview comes last to index
+# every finding.
+ORDER = STUDIES + ("06_findings", "10_explore", "00_overview")
 
 
 class NotebookFailed(UserError, RuntimeError):
@@ -144,3 +145,19 @@ def execute_report(template: str, executed: str | Path, parameters: dict, *, ker
     if html:
         row["html"] = str(_html(executed, exclude_input=True))
     return row
+
+
+def sensitivity_report(model: str, methods, budget: str = "quick", sources=None, *,
+                       results_dir: str | Path = "results/sensitivity", out: str | Path | None = None,
+                       html: bool = True, dry_run: bool = False, log=print) -> dict:
+    """What ``calib sensitivity`` does: the runs (``study.sensitivity.compute_runs``: inputs checked, cost
+    printed, missing runs computed), then the report template executed with papermill and written as one
+    self-contained HTML file. Returns the cost and the paths ({"report": None} with `dry_run`)."""
+    from .study.sensitivity import compute_runs
+    started = time.time()
+    runs = compute_runs(model, methods, budget, sources, results_dir=results_dir, out=out, dry_run=dry_run, log=log)
+    if dry_run:
+        return {"cost": runs["cost"], "report": None, "html": None, "seconds": 0.0}
+    executed = execute_report("sensitivity", runs["report"], runs["parameters"], html=html)
+    return {"cost": runs["cost"], "report": executed["report"], "html": executed.get("html"),
+            "seconds": round(time.time() - started, 1)}

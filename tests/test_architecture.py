@@ -11,11 +11,11 @@ import calib_lib
 PACKAGE = Path(calib_lib.__file__).parent
 
 # Lower layers never import higher ones (same rank: allowed). models < data < compress < evaluate < runs
-# < study, export < findings, notebooks < cli; the shared helpers (errors, registry, paths, files, net, fetch) are
+# < study, export < findings, notebooks, explore < cli; the shared helpers (errors, registry, paths, files, net, fetch) are
 # below all.
 RANK = {"errors": 0, "registry": 0, "paths": 0, "files": 0, "net": 0, "fetch": 0, "models": 1, "data": 2,
         "compress": 3, "evaluate": 4, "runs": 5, "stats": 5, "power": 5, "plots": 5, "study": 6, "export": 6,
-        "findings": 7, "notebooks": 7, "cli": 8, "__init__": 9}
+        "findings": 7, "notebooks": 7, "explore": 7, "cli": 8, "__init__": 9}
 
 
 def _module_name(path: Path) -> str:

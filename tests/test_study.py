@@ -149,6 +149,8 @@ def test_every_notebook_runs_on_the_tiny_profile_and_writes_its_figures(tiny_stu
     overview = nbformat.read(out / "results" / "00_overview.ipynb", as_version=4)
     rendered = json.dumps([c.get("outputs") for c in overview.cells if c.cell_type == "code"])
     assert "01_sample_count-trend.png" in rendered and findings["04_seed_variance"]["text"][:40] in rendered
+    explore_html = (out / "results" / "10_explore.html").read_text()
+    assert explore_html.count('class="calib-view"') == 2 and "vegaEmbed" in explore_html
 
 
 def test_rerun_with_a_full_store_executes_no_run_and_gives_identical_numbers(tiny_study):
