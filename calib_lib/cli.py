@@ -246,9 +246,9 @@ def cmd_study(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from .study.sensitivity import run_sensitivity
-    result = run_sensitivity(args.model, args.method, args.budget, args.sources, results_dir=args.results_dir,
-                             out=args.out, html=not args.no_html, dry_run=args.dry_run)
+    from .notebooks import sensitivity_report
+    result = sensitivity_report(args.model, args.method, args.budget, args.sources, results_dir=args.results_dir,
+                                out=args.out, html=not args.no_html, dry_run=args.dry_run)
     if result["report"]:
         print(f"report: {result['html'] or result['report']} ({result['seconds']:.0f} s)")
     return 0

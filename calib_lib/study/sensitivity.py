@@ -202,7 +202,7 @@ def sensitivity_grid(profile: Profile) -> StudyGrid:
 # scaled by their parameter count (Gemma-3-270M, whose 262k-token vocabulary makes every forward pass dear,
 # measured ~3x); a store that already holds runs of the model replaces these with its own medians.
 _TINY_RUN_SECONDS = 4.0                    # a tiny random model on the tiny budget, whatever the method
-_EVAL_SECONDS = {"tiny": 1.0, "quick": 16.0, "standard": 175.0}
+_EVAL_SECONDS = {"tiny": 1.0, "quick": 22.0, "standard": 175.0}
 _COMPRESS_SECONDS = {"tiny": {}, "quick": {"wanda": 3, "sparsegpt": 15, "gptq": 14, "awq": 60, "spqr": 40,
                                            "magnitude": 2, "rtn": 0.3},
                      "standard": {"wanda": 12, "sparsegpt": 69, "gptq": 164, "awq": 500, "spqr": 300,
@@ -449,8 +449,8 @@ def recommendation(comparisons: pd.DataFrame, randoms: pd.DataFrame, counts: pd.
         bound = float(good["gap_high"].max()) if len(good) else float("nan")
         text = [f"**{label}** ({profile.model}):"]
         if rows["set_sd"].isna().all():
-            text.append(f"one set per source, so the draw-to-draw spread is unknown and no source can be told "
-                        f"from another; use at least two sets per source.")
+            text.append("one set per source, so the draw-to-draw spread is unknown and no source can be told "
+                        "from another; use at least two sets per source.")
         elif bad.empty:
             text.append(f"no source is detectably worse than the best on {name} (every one could be the best; "
                         f"the others are within {_show(lead, bound)} of the best, 95% simultaneous bound): "
@@ -459,7 +459,7 @@ def recommendation(comparisons: pd.DataFrame, randoms: pd.DataFrame, counts: pd.
             text.append(f"use {_names(good['source'])} (each could be the best on {name}; within "
                         f"{_show(lead, bound)} of the best, 95% simultaneous bound); avoid "
                         + _names([f"{r.source} ({_show(lead, r.gap)} against {r.versus}, "
-                                  f"at least {_show(lead, r.gap_low)}" for r in bad.itertuples()]) + ".")
+                                  f"at least {_show(lead, r.gap_low)})" for r in bad.itertuples()]) + ".")
         rnd = randoms[(randoms["method_label"] == label) & (randoms["metric"] == lead)] if randoms is not None and len(randoms) else pd.DataFrame()
         if len(rnd):
             r = rnd.iloc[0]
@@ -474,7 +474,7 @@ def recommendation(comparisons: pd.DataFrame, randoms: pd.DataFrame, counts: pd.
             enough = cnt[cnt["enough"]]
             largest = int(cnt["num_samples"].max())
             if enough.empty:
-                text.append(f"Sample count: cannot tell how many samples suffice (no spread between sets measured).")
+                text.append("Sample count: cannot tell how many samples suffice (no spread between sets measured).")
             else:
                 n = int(enough["num_samples"].min())
                 if n == largest:
@@ -561,15 +561,18 @@ def open_report(model: str, methods, budget: str, sources=None, results_dir: str
     return Report(profile, budget, table, documents_of(store, table), noise_floor_table(replicate_rows), seconds)
 
 
-def run_sensitivity(model: str, methods, budget: str = "quick", sources=None, *,
-                    results_dir: str | Path = "results/sensitivity", out: str | Path | None = None,
-                    html: bool = True, dry_run: bool = False, log=print) -> dict:
-    """What ``calib sensitivity`` does: check the inputs and every calibration set, print the cost, compute the
-    missing runs (progress bar; resumable: every finished run is kept), then execute the report notebook with
-    papermill and write it as one self-contained HTML file (figures embedded, code hidden)."""
+def compute_runs(model: str, methods, budget: str = "quick", sources=None, *,
+                 results_dir: str | Path = "results/sensitivity", out: str | Path | None = None,
+                 dry_run: bool = False, log=print) -> dict:
+    """The runs of ``calib sensitivity``: check the inputs and every calibration set, print the cost, compute the
+    missing runs (a progress bar on the terminal; resumable: every finished run is kept). Returns the profile,
+    the report's path (`out`, default ``<results_dir>/<model>-<methods>-<budget>.ipynb``), the cost and the
+    template's parameters (``notebooks.sensitivity_report`` executes the template)."""
+    import contextlib
+    import sys
+
     from ..models import load_model
-    from ..notebooks import execute_report
-    from ..runs.sweep import run_specs
+    from ..runs.sweep import run_specs, status
     from .session import results_store
     profile = sensitivity_profile(model, methods, budget, sources)
     grid = sensitivity_grid(profile)
@@ -583,28 +586,26 @@ def run_sensitivity(model: str, methods, budget: str = "quick", sources=None, *,
     store = results_store(results_dir)
     cost = estimate_cost(profile, budget, grid.specs, store)
     log(f"sensitivity of {model} to its calibration data, budget {budget}: {describe_cost(cost)}")
+    parameters = {"model": model, "methods": [dict(m) for m in profile.methods], "budget": budget,
+                  "sources": list(profile.variance_sources), "results_dir": str(results_dir.resolve())}
+    result = {"profile": profile, "report": out, "cost": cost, "parameters": parameters, "seconds": 0.0}
     if dry_run:
-        return {"cost": cost, "report": None, "html": None}
+        return result
     if cost["missing"]:
         _, tokenizer = load_model(model, log=log)                # an unknown model fails here, before any run
         check_calibration(profile, grid.specs, tokenizer)       # and a budget the corpus cannot fill
     started = time.time()
     # the runs' bar on the terminal; the libraries' own bars and chatter (lm-eval, datasets) in a log
-    import contextlib
-    import sys
     log_path = results_dir / "logs" / f"{slug}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     terminal = sys.stderr
     with open(log_path, "a", encoding="utf-8") as chatter, contextlib.redirect_stderr(chatter):
         summary = run_specs(grid.specs, store, progress=True, progress_file=terminal)
     if summary["failed"]:
-        from ..runs.sweep import status
         first = store.get(status(grid.specs, store)["failed"][0].key)
         raise InvalidInput(f"{summary['failed']} run(s) failed; first: {str(first.get('error')).strip().splitlines()[-1]}. "
                            f"Finished runs are kept in {results_dir / 'runs'} (log: {log_path}); fix the cause and "
                            "run again.")
     log(f"runs: {summary['done']} computed, {summary['cached']} from the store ({time.time() - started:.0f} s)")
-    executed = execute_report("sensitivity", out, {
-        "model": model, "methods": [dict(m) for m in profile.methods], "budget": budget,
-        "sources": list(profile.variance_sources), "results_dir": str(results_dir.resolve())}, html=html)
-    return {"cost": cost, "report": str(out), "html": executed.get("html"), "seconds": round(time.time() - started, 1)}
+    result["seconds"] = time.time() - started
+    return result
