@@ -182,9 +182,14 @@ def test_recommendation_names_the_source_to_avoid():
     rng = np.random.default_rng(4)
     table = _table({"wikipedia": 0.0, "news": 0.02, "code": 0.8}, 0.05, 3, rng)
     comparison = sens.source_comparison(table, "kl:geomean")
+    baseline = pd.DataFrame([{"part": "baseline", "method_label": "magnitude 50%", "key": "m",
+                              "kl:geomean": math.exp(1.0)}])
     text = sens.recommendation(comparison, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
-                               sens.sensitivity_profile("tiny-llama", ["wanda"], "tiny"))
+                               sens.sensitivity_profile("tiny-llama", ["wanda"], "tiny"), pd.concat([table, baseline]))
     assert "avoid code" in text and "use " in text
+    best = comparison.sort_values("gap").iloc[0]
+    expected = f"{100 * (best['mean'] / math.exp(1.0) - 1):+.1f}%"
+    assert f"Against no calibration data (magnitude 50%): KL to dense {expected} with {best['source']}" in text
 
 
 def test_paired_extremes_against_a_direct_computation():
@@ -239,3 +244,25 @@ def test_sensitivity_command_bad_input_is_one_line_and_writes_nothing(tmp_path, 
     assert main(["sensitivity", "--model", "tiny-llama", "--method", "rtn", "--budget", "tiny",
                  "--results-dir", str(results)]) == 2
     assert "reads no calibration data" in capsys.readouterr().err
+
+
+def test_local_checkpoints_work_and_conv1d_is_refused_before_any_run(tmp_path, tiny_llama, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from calib_lib.cli import main
+    model, tokenizer = tiny_llama
+    good = tmp_path / "my-llama"
+    model.save_pretrained(good)
+    tokenizer.save_pretrained(good)
+    results = tmp_path / "sens"
+    assert main(["sensitivity", "--model", str(good), "--method", "gptq:bits=4,group_size=32", "--budget", "tiny",
+                 "--results-dir", str(results), "--dry-run"]) == 0
+    assert "sensitivity of" in capsys.readouterr().out
+    gpt2 = tmp_path / "my-gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=tokenizer.vocab_size + 8,
+                               n_positions=64)).save_pretrained(gpt2)
+    tokenizer.save_pretrained(gpt2)
+    assert main(["sensitivity", "--model", str(gpt2), "--method", "wanda", "--budget", "tiny",
+                 "--results-dir", str(results)]) == 2
+    assert "Conv1D" in capsys.readouterr().err
+    assert not (results / "runs").is_dir() or not list((results / "runs").glob("*.zip"))

@@ -430,11 +430,31 @@ def _names(items) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _against_baseline(table: pd.DataFrame | None, profile: Profile, label: str, metric: str,
+                      rows: pd.DataFrame) -> str:
+    """'Against no data (magnitude 50%): KL -67% with the best source.' ('' without the baseline run)."""
+    if table is None or table.empty or metric not in table:
+        return ""
+    method = next((m for m in profile.methods if method_label(m) == label), None)
+    if method is None:
+        return ""
+    baseline = method_label(data_free_baseline(method))
+    runs = table[(table["part"] == "baseline") & (table["method_label"] == baseline)]
+    if runs.empty or not np.isfinite(float(runs[metric].iloc[0])):
+        return ""
+    base = float(_value(runs, metric).iloc[0])
+    best = rows.sort_values("gap").iloc[0]
+    value = math.log(best["mean"]) if metric in LOG else float(best["mean"])
+    return (f"Against no calibration data ({baseline}): {METRICS[metric][0]} {_show(metric, value - base)} "
+            f"with {best['source']}.")
+
+
 def recommendation(comparisons: pd.DataFrame, randoms: pd.DataFrame, counts: pd.DataFrame,
-                   extremes: pd.DataFrame, profile: Profile) -> str:
+                   extremes: pd.DataFrame, profile: Profile, table: pd.DataFrame | None = None) -> str:
     """The report's plain advice, per method, generated from the statistics above: which sources could be the
     best (and how far behind the best the others may be), which to avoid, how many samples suffice, and what
-    this budget cannot tell."""
+    this budget cannot tell; with `table` (the report's runs), also what the best source gains over the method's
+    data-free baseline."""
     lines = []
     if comparisons is None or comparisons.empty:
         return "No finished runs of the source grid: nothing to recommend yet."
@@ -460,6 +480,9 @@ def recommendation(comparisons: pd.DataFrame, randoms: pd.DataFrame, counts: pd.
                         f"{_show(lead, bound)} of the best, 95% simultaneous bound); avoid "
                         + _names([f"{r.source} ({_show(lead, r.gap)} against {r.versus}, "
                                   f"at least {_show(lead, r.gap_low)})" for r in bad.itertuples()]) + ".")
+        gain = _against_baseline(table, profile, label, lead, rows)
+        if gain:
+            text.append(gain)
         rnd = randoms[(randoms["method_label"] == label) & (randoms["metric"] == lead)] if randoms is not None and len(randoms) else pd.DataFrame()
         if len(rnd):
             r = rnd.iloc[0]
@@ -592,8 +615,14 @@ def compute_runs(model: str, methods, budget: str = "quick", sources=None, *,
     if dry_run:
         return result
     if cost["missing"]:
-        _, tokenizer = load_model(model, log=log)                # an unknown model fails here, before any run
-        check_calibration(profile, grid.specs, tokenizer)       # and a budget the corpus cannot fill
+        # before any run: an unknown model, an architecture the driver cannot compress (GPT-2's Conv1D, fused
+        # expert weights), a budget the corpus cannot fill without overlap
+        from ..compress.blocks import block_linears, decoder_blocks
+        loaded, tokenizer = load_model(model, log=log)
+        for block in decoder_blocks(loaded):
+            block_linears(block)
+        del loaded
+        check_calibration(profile, grid.specs, tokenizer)
     started = time.time()
     # the runs' bar on the terminal; the libraries' own bars and chatter (lm-eval, datasets) in a log
     log_path = results_dir / "logs" / f"{slug}.log"
