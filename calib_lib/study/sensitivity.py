@@ -472,9 +472,9 @@ def recommendation(comparisons: pd.DataFrame, randoms: pd.DataFrame, counts: pd.
             text.append("one set per source, so the draw-to-draw spread is unknown and no source can be told "
                         "from another; use at least two sets per source.")
         elif bad.empty:
-            text.append(f"no source is detectably worse than the best on {name} (every one could be the best; "
-                        f"the others are within {_show(lead, bound)} of the best, 95% simultaneous bound): "
-                        f"{_names(good['source'])} are interchangeable at this budget.")
+            text.append(f"{_names(good['source'])} cannot be told apart on {name} at this budget: each could be "
+                        f"the best, and differences up to {_show(lead, bound)} from the best are not excluded (95% "
+                        "simultaneous bound; more sets per source narrow it).")
         else:
             text.append(f"use {_names(good['source'])} (each could be the best on {name}; within "
                         f"{_show(lead, bound)} of the best, 95% simultaneous bound); avoid "
