@@ -36,6 +36,10 @@ class CalibrationSpec:
     seed: int = 0
     set_index: int = 0
     strategy: str = "document-window"
+    # selector strategies (``coverage``, ...): the candidate pool of a set is num_samples x candidates windows
+    candidates: int = 4
+    # source == "mix": ((source, share), ...) with shares in [0, 1] summing to 1 (a mapping is accepted)
+    mix: tuple = ()
     # source == "custom": a local .txt/.jsonl/.parquet file, an exported set, or a hub dataset id
     path: str | None = None
     text_field: str = "text"
@@ -46,6 +50,14 @@ class CalibrationSpec:
     stopword_first: bool = False
 
     def __post_init__(self):
+        if isinstance(self.mix, dict) or (isinstance(self.mix, (list, tuple)) and self.mix):
+            pairs = self.mix.items() if isinstance(self.mix, dict) else self.mix
+            try:
+                object.__setattr__(self, "mix", tuple(sorted((str(k), v) for k, v in pairs)))
+            except (TypeError, ValueError) as err:
+                raise FieldError("mix", f"mix must be a mapping {{source: share}}, got {self.mix!r}") from err
+        if self.mix and self.source != "mix":
+            raise FieldError("mix", f"mix= applies to source 'mix' only, not {self.source!r}")
         if self.source not in SOURCES:
             raise FieldError("source", f"unknown calibration source {self.source!r}; known: {', '.join(SOURCES)}")
         _positive_int("num_samples", self.num_samples)
@@ -57,6 +69,7 @@ class CalibrationSpec:
         _non_negative_int("set_index", self.set_index)
         if self.strategy not in STRATEGIES:
             raise FieldError("strategy", f"unknown strategy {self.strategy!r}; use one of {tuple(STRATEGIES)}")
+        _positive_int("candidates", self.candidates)
         SOURCES.get(self.source).check(self)
 
     @property
@@ -70,6 +83,7 @@ class CalibrationSpec:
         source = self.source_entry
         if source.uses_strategy:
             out["strategy"] = self.strategy
+            out.update({name: getattr(self, name) for name in STRATEGIES.get(self.strategy).options})
         out.update(source.options(self))
         return out
 

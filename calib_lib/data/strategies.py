@@ -90,6 +90,9 @@ class Strategy:
     version: int
     description: str
     cut: Callable            # (tokenized docs, spec) -> (rows of token ids, windows)
+    # spec fields beyond the common ones that this strategy reads (they enter the spec's normalised form and
+    # so the run key); a selector reads ``candidates``
+    options: tuple = ()
 
 
 def _document_window_rows(docs: TokenizedDocs, spec) -> tuple[list[np.ndarray], list]:
@@ -110,3 +113,62 @@ register(Strategy("document-window", 1, "GPTQ-style: random disjoint windows of 
                   _document_window_rows))
 register(Strategy("concat-chunk", 1, "AWQ-style: documents in a seeded order, concatenated, cut in blocks",
                   _concat_chunk_rows))
+
+
+# -- selectors: choose n of a larger pool of candidate windows ------------------------------------------------
+
+def candidate_windows(docs: TokenizedDocs, spec) -> list[tuple[int, int, int]]:
+    """The candidate pool of a selector's set ``set_index``: the ``document-window`` windows of that set at
+    ``num_samples * candidates`` samples, i.e. block ``set_index`` of the one seeded sequence of disjoint
+    windows. The blocks of different set indices never share a window, so neither do the selected sets."""
+    from dataclasses import replace
+    if spec.candidates < 1:
+        raise InvalidInput(f"candidates must be >= 1 (the pool is num_samples x candidates windows), got {spec.candidates}")
+    pool = replace(spec, num_samples=spec.num_samples * spec.candidates, strategy="document-window")
+    try:
+        return document_windows(docs, pool)
+    except NotEnoughDataError as err:
+        raise NotEnoughDataError(f"{err} (a {spec.strategy!r} set draws its {spec.candidates} x {spec.num_samples} "
+                                 "candidates from the pool; lower candidates too)") from err
+
+
+def greedy_coverage(token_sets: list[np.ndarray], n: int) -> list[int]:
+    """Greedy maximum coverage: repeatedly the candidate that adds the most distinct tokens not yet covered;
+    ties go to the candidate with more distinct tokens, then to the earlier one. Returns n indices in pick
+    order (a candidate adding nothing new is still picked when it is the best left: the set keeps its size)."""
+    if n > len(token_sets):
+        raise InvalidInput(f"cannot pick {n} of {len(token_sets)} candidates")
+    sets = [np.unique(t) for t in token_sets]
+    sizes = np.array([len(t) for t in sets])
+    vocab = int(max((t.max() for t in sets if len(t)), default=-1)) + 1
+    covered = np.zeros(max(vocab, 1), dtype=bool)
+    alive = np.ones(len(sets), dtype=bool)
+    # gains only shrink as coverage grows (submodularity): keep an upper bound per candidate and re-evaluate
+    # lazily, best bound first (the lazy greedy of Minoux, 1978): the same picks as the plain loop, far fewer
+    # set differences
+    bound = sizes.astype(np.int64).copy()
+    picks = []
+    for _ in range(n):
+        while True:
+            order = np.lexsort((np.arange(len(sets)), -sizes, -np.where(alive, bound, -1)))
+            best = int(order[0])
+            fresh = int((~covered[sets[best]]).sum())
+            if fresh == bound[best]:
+                break
+            bound[best] = fresh
+        picks.append(best)
+        alive[best] = False
+        covered[sets[best]] = True
+    return picks
+
+
+def _coverage_rows(docs: TokenizedDocs, spec) -> tuple[list[np.ndarray], list]:
+    windows = candidate_windows(docs, spec)
+    rows = [docs.doc(d)[s:e] for d, s, e in windows]
+    picks = greedy_coverage(rows, spec.num_samples)
+    return [rows[i] for i in picks], [windows[i] for i in picks]
+
+
+register(Strategy(
+    "coverage", 1, "ZipCal-style lexical diversity: of num_samples x candidates random windows, greedily the "
+                   "ones covering the most distinct tokens not yet covered", _coverage_rows, options=("candidates",)))

@@ -332,7 +332,6 @@ def check_replicates(normalized_specs: list[dict]) -> None:
 def component_versions(spec: RunSpec) -> dict:
     """The version of every component that produces the numbers of ``spec``'s run (enters its key)."""
     from ..compress import PIPELINES
-    from ..data.registry import STRATEGIES
     from ..evaluate.suite import EVALUATION_VERSION
     from ..models.registry import LOADING_VERSION
     versions = {"model_loading": LOADING_VERSION, "evaluation": EVALUATION_VERSION}
@@ -340,16 +339,14 @@ def component_versions(spec: RunSpec) -> dict:
     if method is not None:
         versions.update(method=method.version, pipeline=PIPELINES[method.pipeline].version)
     if spec.calibration is not None:
-        source = spec.calibration.source_entry
-        versions["source"] = source.version
-        if source.uses_strategy:
-            versions["strategy"] = STRATEGIES[spec.calibration.strategy].version
+        versions.update(spec.calibration.source_entry.versions(spec.calibration))
     if spec.vocabulary is not None:
         from ..compress.vocabulary import VOCABULARY_VERSION
         versions["vocabulary"] = VOCABULARY_VERSION
         cal = spec.vocabulary.calibration
         if cal is not None:
-            versions["vocabulary_source"] = cal.source_entry.version
-            if cal.source_entry.uses_strategy:
-                versions["vocabulary_strategy"] = STRATEGIES[cal.strategy].version
+            of_source = cal.source_entry.versions(cal)
+            versions["vocabulary_source"] = of_source.pop("source")
+            for name, version in of_source.items():
+                versions[f"vocabulary_{name}"] = version
     return versions

@@ -1,0 +1,157 @@
+"""Calibration selectors at a fixed token budget (issue #21): each returns exactly the requested shape, is
+reproducible for a seed and never overlaps another set index; greedy coverage against the plain loop; the
+mixture's exact shares; bad input."""
+import numpy as np
+import pytest
+
+from calib_lib.data.sampling import CalibrationSpec, NotEnoughDataError, sample
+from calib_lib.data.strategies import candidate_windows, greedy_coverage
+from calib_lib.errors import FieldError
+
+WORDS = [f"w{i}" for i in range(300)]
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """60 documents with Zipfian word frequencies, each tagged with a marker word."""
+    rng = np.random.default_rng(0)
+    p = 1 / np.arange(1, len(WORDS) + 1)
+    docs = [f"marker{i:03d} " + " ".join(rng.choice(WORDS, size=int(rng.integers(80, 400)), p=p / p.sum()))
+            for i in range(60)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(docs))
+    return path
+
+
+def _spec(path, **kw):
+    return CalibrationSpec(**{"source": "custom", "path": str(path), "num_samples": 5, "seq_len": 32, **kw})
+
+
+def _overlap(a, b):
+    return any(da == db and sa < eb and sb < ea for da, sa, ea in a for db, sb, eb in b)
+
+
+def _plain_greedy(token_sets, n):
+    """The textbook loop, written independently: most new tokens, then the larger set, then the earlier one."""
+    sets = [set(map(int, t)) for t in token_sets]
+    covered, picks, alive = set(), [], list(range(len(sets)))
+    for _ in range(n):
+        best = max(alive, key=lambda i: (len(sets[i] - covered), len(sets[i]), -i))
+        picks.append(best)
+        alive.remove(best)
+        covered |= sets[best]
+    return picks
+
+
+def test_lazy_greedy_coverage_equals_the_plain_loop():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        count = int(rng.integers(2, 30))
+        sets = [rng.integers(0, int(rng.integers(3, 40)), size=int(rng.integers(1, 20))) for _ in range(count)]
+        n = int(rng.integers(1, count + 1))
+        assert greedy_coverage(sets, n) == _plain_greedy(sets, n)
+
+
+def test_greedy_coverage_on_a_known_case():
+    sets = [np.array([1, 2, 3, 4]), np.array([1, 2, 3]), np.array([5, 6]), np.array([4, 5, 6, 7]), np.array([1])]
+    # [4,5,6,7] ties [1,2,3,4] at 4 new tokens and size; the earlier wins; then [4,5,6,7] adds 3; then [1,2,3]
+    # and [5,6] add nothing: the larger set first
+    assert greedy_coverage(sets, 4) == [0, 3, 1, 2]
+
+
+@pytest.mark.parametrize("strategy", ["coverage"])
+def test_selector_sets_are_exact_reproducible_and_disjoint(corpus_file, tiny_llama, strategy):
+    _, tok = tiny_llama
+    sets = [sample(_spec(corpus_file, strategy=strategy, set_index=k), tok) for k in range(3)]
+    for cal in sets:
+        assert tuple(cal.input_ids.shape) == (5, 32)
+        assert len(set(cal.windows)) == 5
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not _overlap(sets[i].windows, sets[j].windows)
+    again = sample(_spec(corpus_file, strategy=strategy, set_index=1), tok)
+    assert again.fingerprint == sets[1].fingerprint
+    other_seed = sample(_spec(corpus_file, strategy=strategy, set_index=1, seed=7), tok)
+    assert other_seed.fingerprint != sets[1].fingerprint
+
+
+def test_coverage_picks_greedily_from_its_own_candidate_block(corpus_file, tiny_llama):
+    from calib_lib.data.sources import get_source
+    from calib_lib.data.tokenized import tokenize_documents
+    _, tok = tiny_llama
+    spec = _spec(corpus_file, strategy="coverage", candidates=6, set_index=1)
+    cal = sample(spec, tok)
+    docs, _, key = get_source("custom").pool(spec)
+    tokenized = tokenize_documents(docs, tok, cache_key=key)
+    block = candidate_windows(tokenized, spec)
+    assert len(block) == 30 and set(cal.windows) <= set(block)
+    # the picks are greedy coverage over the block's rows, in pick order
+    rows = [tokenized.doc(d)[s:e] for d, s, e in block]
+    assert cal.windows == [block[i] for i in greedy_coverage(rows, 5)]
+    # and the block is the random strategy's set 1 at 30 samples: the same seeded sequence of windows
+    assert block == sample(_spec(corpus_file, set_index=1, num_samples=30), tok).windows
+    # the candidates multiplier enters the spec's key; the random strategy's key is unchanged by the field
+    assert spec.normalized()["candidates"] == 6 and "candidates" not in _spec(corpus_file).normalized()
+
+
+def test_too_many_candidates_names_the_fix(corpus_file, tiny_llama):
+    _, tok = tiny_llama
+    with pytest.raises(NotEnoughDataError, match="lower candidates"):
+        sample(_spec(corpus_file, strategy="coverage", candidates=1000), tok)
+
+
+def test_mix_gives_exact_shares_and_disjoint_sets(corpus_file, tiny_llama):
+    _, tok = tiny_llama
+    spec = CalibrationSpec("mix", num_samples=7, seq_len=32, mix={"wikipedia": 0.3, "news": 0.7})
+    counts = spec.source_entry.counts(spec)
+    assert counts == {"news": 5, "wikipedia": 2}                          # 4.9 -> 5, 2.1 -> 2
+    sets = [sample(CalibrationSpec("mix", num_samples=7, seq_len=32, set_index=k,
+                                   mix={"wikipedia": 0.3, "news": 0.7}), tok) for k in range(2)]
+    for cal in sets:
+        assert tuple(cal.input_ids.shape) == (7, 32)
+        assert sorted(w[0] for w in cal.windows) == ["news"] * 5 + ["wikipedia"] * 2
+    for source in ("news", "wikipedia"):
+        a = [w[1:] for w in sets[0].windows if w[0] == source]
+        b = [w[1:] for w in sets[1].windows if w[0] == source]
+        assert not _overlap(a, b)
+    # each component's rows are that source's own set at its share (then put in a seeded order)
+    news = sample(CalibrationSpec("news", num_samples=5, seq_len=32), tok)
+    rows = {tuple(r) for r in sets[0].input_ids.tolist()}
+    assert {tuple(r) for r in news.input_ids.tolist()} <= rows
+    assert sample(spec, tok).fingerprint == sets[0].fingerprint
+    # the same mixture given in another order is the same spec
+    assert CalibrationSpec("mix", 7, 32, mix={"news": 0.7, "wikipedia": 0.3}).normalized() == spec.normalized()
+
+
+def test_uniform_mix_and_a_single_component():
+    spec = CalibrationSpec("mix", num_samples=8, seq_len=32, mix={"news": 1 / 3, "code": 1 / 3, "books": 1 / 3})
+    assert sum(spec.source_entry.counts(spec).values()) == 8
+    assert spec.source_entry.counts(spec) == {"books": 3, "code": 3, "news": 2}
+    assert CalibrationSpec("mix", 4, 32, mix={"news": 1.0, "code": 0.0}).source_entry.counts(
+        CalibrationSpec("mix", 4, 32, mix={"news": 1.0, "code": 0.0})) == {"code": 0, "news": 4}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(source="mix"), "needs mix="),
+    (dict(source="mix", mix={"news": 1.2, "code": -0.2}), r"in \[0, 1\]"),
+    (dict(source="mix", mix={"news": 0.5, "code": 0.4}), "sum to 1"),
+    (dict(source="mix", mix={"news": 0.5, "nowhere": 0.5}), "not a source one can mix"),
+    (dict(source="mix", mix={"news": 0.5, "mix": 0.5}), "not a source one can mix"),
+    (dict(source="news", mix={"news": 1.0}), "applies to source 'mix' only"),
+    (dict(source="news", strategy="coverage", candidates=0), "candidates must be a positive integer"),
+])
+def test_bad_selection_specs(kwargs, message):
+    with pytest.raises(FieldError, match=message):
+        CalibrationSpec(**{"num_samples": 4, "seq_len": 32, **kwargs})
+
+
+def test_mix_run_key_carries_its_components_versions():
+    from calib_lib.runs.spec import component_versions, parse_spec
+    spec = parse_spec({"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5}, "eval": "tiny",
+                       "calibration": {"source": "mix", "num_samples": 4, "seq_len": 32,
+                                       "mix": {"news": 0.5, "code": 0.5}}})
+    versions = component_versions(spec)
+    assert set(versions["mix_sources"]) == {"news", "code"} and versions["strategy"] == 1
+    plain = parse_spec({"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5}, "eval": "tiny",
+                        "calibration": {"source": "news", "num_samples": 4, "seq_len": 32}})
+    assert set(component_versions(plain)) == {"model_loading", "evaluation", "method", "pipeline", "source", "strategy"}
