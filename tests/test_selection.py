@@ -155,3 +155,80 @@ def test_mix_run_key_carries_its_components_versions():
     plain = parse_spec({"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5}, "eval": "tiny",
                         "calibration": {"source": "news", "num_samples": 4, "seq_len": 32}})
     assert set(component_versions(plain)) == {"model_loading", "evaluation", "method", "pipeline", "source", "strategy"}
+
+
+# -- model-based selectors -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strategy", ["activation-kmeans", "least-perplexity"])
+def test_model_selectors_are_exact_reproducible_and_disjoint(corpus_file, tiny_llama, strategy):
+    model, tok = tiny_llama
+    sets = [sample(_spec(corpus_file, strategy=strategy, set_index=k), tok, model) for k in range(3)]
+    for cal in sets:
+        assert tuple(cal.input_ids.shape) == (5, 32) and len(set(cal.windows)) == 5
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not _overlap(sets[i].windows, sets[j].windows)
+    assert sample(_spec(corpus_file, strategy=strategy, set_index=2), tok, model).fingerprint == sets[2].fingerprint
+    with pytest.raises(Exception, match="pass model="):
+        sample(_spec(corpus_file, strategy=strategy), tok)
+
+
+def test_least_perplexity_keeps_the_lowest_against_a_direct_loss(corpus_file, tiny_llama):
+    import torch
+
+    from calib_lib.data.selection import window_perplexities
+    from calib_lib.data.sources import get_source
+    from calib_lib.data.tokenized import tokenize_documents
+    model, tok = tiny_llama
+    spec = _spec(corpus_file, strategy="least-perplexity", candidates=3)
+    docs, _, key = get_source("custom").pool(spec)
+    tokenized = tokenize_documents(docs, tok, cache_key=key)
+    block = candidate_windows(tokenized, spec)
+    rows = [tokenized.doc(d)[s:e] for d, s, e in block]
+    scores = window_perplexities(model, rows, batch_size=4)
+    with torch.no_grad():                          # one row at a time, the model's own loss
+        direct = [float(torch.exp(model(torch.as_tensor(r)[None], labels=torch.as_tensor(r)[None]).loss)) for r in rows]
+    np.testing.assert_allclose(scores, direct, rtol=1e-4)
+    cal = sample(spec, tok, model)
+    assert cal.windows == [block[i] for i in np.argsort(direct, kind="stable")[:5]]
+
+
+def test_kmeans_medoids_finds_separated_clusters_and_refuses_too_many():
+    from calib_lib.data.selection import kmeans_medoids
+    from calib_lib.errors import InvalidInput
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], dtype=float)
+    points = np.concatenate([c + 0.1 * rng.standard_normal((6, 2)) for c in centres])
+    picks = kmeans_medoids(points, 4, seed=3)
+    assert len(set(picks)) == 4 and sorted(p // 6 for p in picks) == [0, 1, 2, 3]   # one per cluster
+    for p in picks:                                                                  # each its cluster's medoid
+        group = points[(p // 6) * 6:(p // 6 + 1) * 6]
+        assert np.argmin(((group - group.mean(axis=0)) ** 2).sum(axis=1)) == p % 6
+    assert kmeans_medoids(points, 4, seed=3) == picks
+    assert len(set(kmeans_medoids(np.zeros((5, 2)), 3))) == 3        # coincident points: still 3 distinct picks
+    with pytest.raises(InvalidInput, match="raise candidates"):
+        kmeans_medoids(points, 30)
+
+
+def test_activation_features_follow_cola_layerwise_normalisation(tiny_llama):
+    import torch
+
+    from calib_lib.data.selection import _mlp_modules, activation_features
+    model, _ = tiny_llama
+    rows = [np.arange(3, 19) + i for i in range(3)]
+    layers = len(_mlp_modules(model))
+    assert layers == model.config.num_hidden_layers
+    wide = activation_features(model, rows, dim=layers * model.config.hidden_size)
+    assert wide.shape == (3, layers * model.config.hidden_size)
+    # the same features by hand: hooks on each layer's MLP, token means, per-layer L2 norm, the seeded projection
+    captured = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: captured.append(o.float().mean(dim=1))) for m in _mlp_modules(model)]
+    with torch.no_grad():
+        model(torch.as_tensor(np.stack(rows)))
+    for h in hooks:
+        h.remove()
+    raw = torch.cat([torch.nn.functional.normalize(c, dim=-1) for c in captured], dim=-1).numpy()
+    from calib_lib.data.strategies import seeded_rng
+    d = raw.shape[1]
+    projection = seeded_rng(0, "activation-projection", d, d).standard_normal((d, d)) / np.sqrt(d)
+    np.testing.assert_allclose(wide, raw.astype(np.float64) @ projection, rtol=1e-5, atol=1e-6)

@@ -30,6 +30,7 @@ from .corpora import Corpus, local_file_documents, mirror_reason, split_groups, 
 from .registry import SOURCES, STRATEGIES
 from .spec import CalibrationSet
 from .strategies import seeded_rng
+from . import selection  # noqa: F401  (registers the model-based selectors)
 from .tokenized import tokenize_documents, tokenizer_digest
 
 
@@ -115,8 +116,11 @@ class PoolSource(Source):
     def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
         started = time.time()
         docs, origin, key = self.pool(spec)
+        strategy = STRATEGIES.get(spec.strategy)
+        if strategy.needs_model and model is None:
+            raise InvalidInput(f"strategy {spec.strategy!r} scores its candidates with the model: pass model=")
         tokenized = tokenize_documents(docs, tokenizer, cache_key=key)
-        rows, windows = STRATEGIES.get(spec.strategy).cut(tokenized, spec)
+        rows, windows = strategy.cut(tokenized, spec, model) if strategy.needs_model else strategy.cut(tokenized, spec)
         return self.result(spec, tokenizer, [np.asarray(r, dtype=np.int64) for r in rows], origin, windows,
                            started)
 

@@ -93,6 +93,8 @@ class Strategy:
     # spec fields beyond the common ones that this strategy reads (they enter the spec's normalised form and
     # so the run key); a selector reads ``candidates``
     options: tuple = ()
+    # True: ``cut(docs, spec, model)`` scores candidates with the model to be compressed (the dense one)
+    needs_model: bool = False
 
 
 def _document_window_rows(docs: TokenizedDocs, spec) -> tuple[list[np.ndarray], list]:
