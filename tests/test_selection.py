@@ -232,3 +232,62 @@ def test_activation_features_follow_cola_layerwise_normalisation(tiny_llama):
     d = raw.shape[1]
     projection = seeded_rng(0, "activation-projection", d, d).standard_normal((d, d)) / np.sqrt(d)
     np.testing.assert_allclose(wide, raw.astype(np.float64) @ projection, rtol=1e-5, atol=1e-6)
+
+
+# -- self-generation from prefixes with a perplexity filter (Ji et al.) ----------------------------------------
+
+def test_self_prefix_rows_continue_real_prefixes_of_disjoint_windows(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIB_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_llama
+    spec = CalibrationSpec("self-prefix", num_samples=4, seq_len=24, prefix_source="news", prefix_tokens=6,
+                           filter_share=0.5)
+    cal = sample(spec, tok, model, progress=False)
+    assert tuple(cal.input_ids.shape) == (4, 24)
+    prefixes = sample(CalibrationSpec("news", num_samples=8, seq_len=6), tok).input_ids.tolist()
+    heads = [row[1:7] for row in cal.input_ids.tolist()]
+    assert all(row[0] == tok.bos_token_id for row in cal.input_ids.tolist())
+    assert all(h in prefixes for h in heads) and len({tuple(h) for h in heads}) == 4
+    again = sample(spec, tok, model, progress=False)                                # cached, identical
+    assert again.fingerprint == cal.fingerprint
+    other = sample(CalibrationSpec("self-prefix", num_samples=4, seq_len=24, prefix_source="news", prefix_tokens=6,
+                                   filter_share=0.5, set_index=1), tok, model, progress=False)
+    other_heads = {tuple(row[1:7]) for row in other.input_ids.tolist()}
+    assert not other_heads & {tuple(h) for h in heads}                              # disjoint prefixes per set
+
+
+def test_self_prefix_filter_drops_the_highest_perplexity(tiny_llama, tmp_path, monkeypatch):
+    import torch
+
+    from calib_lib.data import selfgen
+    from calib_lib.data.selection import window_perplexities
+    monkeypatch.setenv("CALIB_CACHE", str(tmp_path / "cache"))
+    model, tok = tiny_llama
+    captured = {}
+    original = selfgen.generate_rows
+
+    def spy(*args, **kwargs):
+        captured["rows"] = original(*args, **kwargs)
+        return captured["rows"]
+
+    monkeypatch.setattr(selfgen, "generate_rows", spy)
+    spec = CalibrationSpec("self-prefix", num_samples=3, seq_len=20, prefix_source="news", prefix_tokens=4,
+                           filter_share=0.4)
+    cal = sample(spec, tok, model, progress=False)
+    generated = captured["rows"]
+    assert len(generated) == 5                                                      # ceil(3 / 0.6)
+    scores = window_perplexities(model, list(generated.numpy()))
+    expected = generated[sorted(range(5), key=lambda i: (scores[i], i))[:3]]
+    assert torch.equal(cal.input_ids, expected)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prefix_source=None), "needs prefix_source="),
+    (dict(prefix_source="random-vocab"), "needs prefix_source="),
+    (dict(prefix_source="news", filter_share=1.0), "would drop every generation"),
+    (dict(prefix_source="news", filter_share=-0.1), r"in \[0, 1\)"),
+    (dict(prefix_source="news", prefix_tokens=31), "prefix_tokens must be"),
+    (dict(prefix_source="news", stopword_first=True), "applies to BOS-started"),
+])
+def test_bad_self_prefix_specs(kwargs, message):
+    with pytest.raises(FieldError, match=message):
+        CalibrationSpec("self-prefix", num_samples=4, seq_len=32, **kwargs)

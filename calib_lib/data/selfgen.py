@@ -89,8 +89,11 @@ def _cache_path(spec, model, tokenizer):
 @torch.no_grad()
 def generate_rows(model, tokenizer, num_rows: int, seq_len: int, *, seed: int, t_init: float,
                   t_final: float, steps: int, stopword_first: bool, batch_size: int = 16,
-                  progress: bool = True) -> torch.Tensor:
-    """``[num_rows, seq_len]`` token ids, each row one or more BOS-started generations concatenated."""
+                  progress: bool = True, prefixes: list[list[int]] | None = None) -> torch.Tensor:
+    """``[num_rows, seq_len]`` token ids, each row one or more BOS-started generations concatenated.
+    ``prefixes`` (one list of token ids per row, all of one length): each row's first generation continues
+    BOS + its prefix instead of BOS alone (the temperature schedule counts from the end of the prompt);
+    later fills of the row start from BOS."""
     bos = start_token_id(tokenizer, model)
     eos = tokenizer.eos_token_id
     allowed = stop_word_ids(tokenizer) if stopword_first else None
@@ -108,17 +111,24 @@ def generate_rows(model, tokenizer, num_rows: int, seq_len: int, *, seed: int, t
                 # Fill rows with the same remaining length together: generation length is one number.
                 remaining = max(seq_len - len(rows[i]) for i in chunk)
                 prompt = torch.full((len(chunk), 1), bos, dtype=torch.long, device=device)
-                processors = [ScheduledTemperature(1, t_init, t_final, steps)]
+                if prefixes is not None and not rows[chunk[0]]:
+                    # first fill of rows that start with a prefix (chunks never mix first and later fills:
+                    # first fills all have seq_len left, later ones fewer)
+                    prompt = torch.cat([prompt, torch.tensor([prefixes[i] for i in chunk], dtype=torch.long,
+                                                             device=device)], dim=1)
+                width = prompt.shape[1]
+                remaining -= width - 1
+                processors = [ScheduledTemperature(width, t_init, t_final, steps)]
                 if allowed:
-                    processors.insert(0, FirstTokenAllowList(1, allowed))
+                    processors.insert(0, FirstTokenAllowList(width, allowed))
                 out = model.generate(
                     prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
                     max_new_tokens=max(1, remaining - 1), logits_processor=LogitsProcessorList(processors),
                     temperature=1.0, top_k=0, top_p=1.0, pad_token_id=eos if eos is not None else bos,
                     eos_token_id=eos, use_cache=True)
                 for row_index, generated in zip(chunk, out.tolist()):
-                    piece = [bos]
-                    for token in generated[1:]:
+                    piece = list(generated[:width])
+                    for token in generated[width:]:
                         piece.append(token)
                         if token == eos:
                             break          # the rest is padding
@@ -162,5 +172,43 @@ def self_generated_set(spec, model, tokenizer, *, progress: bool = True):
                         stopword_first=spec.stopword_first, progress=progress)
     cal = CalibrationSet(spec, ids, "synthetic:self-generated", tokenizer_digest(tokenizer),
                          seconds=time.time() - started)
+    export_set(cal, path, tokenizer)
+    return cal
+
+
+def prefix_generated_set(spec, model, tokenizer, *, progress: bool = True):
+    """Ji et al. (ICLR 2025), "self-generating then sampling": the model continues short prefixes of real text
+    (``prefix_tokens`` tokens of ``prefix_source``, each a window of that source's set ``set_index``, so sets
+    never share a prefix), and the ``filter_share`` of generations with the highest perplexity under the model
+    is dropped: ceil(num_samples / (1 - filter_share)) rows are generated and the num_samples with the lowest
+    perplexity kept (ties to the earlier). Sampling follows the spec's temperature schedule (default 1.0:
+    plain sampling). Taken from the paper: prefixes of real text as the prompt, a perplexity filter on the
+    generations. What differs: prefix length, filter share and sampling settings are parameters here (16
+    tokens, 20%, temperature 1 by default), not values checked against the authors' code; rows shorter than
+    seq_len after EOS are filled with BOS-started generations, as in the self-calibration set. Cached like it."""
+    import math
+
+    from .sampling import sample
+    from .selection import window_perplexities
+    from .spec import CalibrationSpec
+    path = _cache_path(spec, model, tokenizer)
+    if path.exists():
+        cached = _cached_set(path, spec, tokenizer)
+        if cached is not None:
+            return cached
+        path.unlink(missing_ok=True)
+    started = time.time()
+    generated = math.ceil(spec.num_samples / (1 - spec.filter_share) - 1e-9)
+    prefix_spec = CalibrationSpec(spec.prefix_source, num_samples=generated, seq_len=spec.prefix_tokens,
+                                  seed=spec.seed, set_index=spec.set_index)
+    prefixes = sample(prefix_spec, tokenizer, progress=False).input_ids.tolist()
+    seed = int(hashlib.sha256(f"self-prefix:{spec.seed}:{spec.set_index}".encode()).hexdigest()[:8], 16)
+    ids = generate_rows(model, tokenizer, generated, spec.seq_len, seed=seed, t_init=spec.t_init,
+                        t_final=spec.t_final, steps=spec.schedule_steps, stopword_first=False,
+                        progress=progress, prefixes=prefixes)
+    scores = window_perplexities(model, list(ids.numpy()))
+    keep = sorted(range(generated), key=lambda i: (scores[i], i))[:spec.num_samples]
+    cal = CalibrationSet(spec, ids[keep], f"synthetic:prefix-generated from {spec.prefix_source}",
+                         tokenizer_digest(tokenizer), seconds=time.time() - started)
     export_set(cal, path, tokenizer)
     return cal

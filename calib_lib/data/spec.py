@@ -40,6 +40,11 @@ class CalibrationSpec:
     candidates: int = 4
     # source == "mix": ((source, share), ...) with shares in [0, 1] summing to 1 (a mapping is accepted)
     mix: tuple = ()
+    # source == "self-prefix" (Ji et al. 2025): continue prefix_tokens-token prefixes of prefix_source, drop the
+    # filter_share of generations with the highest perplexity
+    prefix_source: str | None = None
+    prefix_tokens: int = 16
+    filter_share: float = 0.2
     # source == "custom": a local .txt/.jsonl/.parquet file, an exported set, or a hub dataset id
     path: str | None = None
     text_field: str = "text"
