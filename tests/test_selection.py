@@ -291,3 +291,38 @@ def test_self_prefix_filter_drops_the_highest_perplexity(tiny_llama, tmp_path, m
 def test_bad_self_prefix_specs(kwargs, message):
     with pytest.raises(FieldError, match=message):
         CalibrationSpec("self-prefix", num_samples=4, seq_len=32, **kwargs)
+
+
+# -- one sample per document, chat-template formatting -----------------------------------------------------------
+
+def test_document_start_takes_each_documents_first_tokens(corpus_file, tiny_llama):
+    from calib_lib.data.sources import get_source
+    from calib_lib.data.tokenized import tokenize_documents
+    _, tok = tiny_llama
+    sets = [sample(_spec(corpus_file, strategy="document-start", set_index=k), tok) for k in range(3)]
+    docs, _, key = get_source("custom").pool(sets[0].spec)
+    tokenized = tokenize_documents(docs, tok, cache_key=key)
+    for cal in sets:
+        assert tuple(cal.input_ids.shape) == (5, 32)
+        for row, (d, s, e) in zip(cal.input_ids.tolist(), cal.windows):
+            assert (s, e) == (0, 32) and row == tokenized.doc(d)[:32].tolist()
+    used = [{w[0] for w in cal.windows} for cal in sets]
+    assert not (used[0] & used[1] or used[0] & used[2] or used[1] & used[2])      # one document, one set
+    assert sample(_spec(corpus_file, strategy="document-start", set_index=1), tok).fingerprint == sets[1].fingerprint
+
+
+def test_chat_template_formats_each_document_as_a_user_turn(corpus_file, tiny_llama):
+    import copy
+    _, tok = tiny_llama
+    with pytest.raises(Exception, match="has no chat template"):
+        sample(_spec(corpus_file, strategy="document-start", chat_template=True), tok)
+    chat = copy.deepcopy(tok)
+    chat.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} [end]{% endfor %}"
+    formatted = sample(_spec(corpus_file, strategy="document-start", chat_template=True), chat)
+    plain = sample(_spec(corpus_file, strategy="document-start"), chat)
+    for row, plain_row in zip(formatted.input_ids.tolist(), plain.input_ids.tolist()):
+        assert chat.decode(row).startswith("[user] marker") and not chat.decode(plain_row).startswith("[user]")
+    assert formatted.fingerprint != plain.fingerprint
+    assert formatted.spec.normalized()["chat_template"] is True and "chat_template" not in plain.spec.normalized()
+    with pytest.raises(FieldError, match="formats a corpus's documents"):
+        CalibrationSpec("self", num_samples=4, seq_len=32, chat_template=True)

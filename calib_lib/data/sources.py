@@ -105,6 +105,19 @@ class Source:
                               time.time() - started if started else 0.0)
 
 
+def chat_formatted(docs: list[str], tokenizer) -> tuple[list[str], str]:
+    """Each document as one user turn of the tokenizer's chat template, without a generation prompt (as
+    auto-round's ``apply_chat_template`` formats a plain text), and a digest of the template for the tokenized
+    cache key (the tokenizer digest does not cover the template)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not isinstance(template, str):
+        raise InvalidInput("chat_template: this model's tokenizer has no chat template (an instruction-tuned model "
+                           "such as smollm2-135m has one); drop chat_template or use such a model")
+    formatted = [tokenizer.apply_chat_template([{"role": "user", "content": doc}], tokenize=False,
+                                               add_generation_prompt=False) for doc in docs]
+    return formatted, hashlib.sha256(template.encode()).hexdigest()[:12]
+
+
 class PoolSource(Source):
     """Windows cut by the spec's strategy from a pool of documents (``pool``)."""
     uses_strategy = True
@@ -119,6 +132,9 @@ class PoolSource(Source):
         strategy = STRATEGIES.get(spec.strategy)
         if strategy.needs_model and model is None:
             raise InvalidInput(f"strategy {spec.strategy!r} scores its candidates with the model: pass model=")
+        if spec.chat_template:
+            docs, template = chat_formatted(docs, tokenizer)
+            key = f"{key}-chat-{template}"
         tokenized = tokenize_documents(docs, tokenizer, cache_key=key)
         rows, windows = strategy.cut(tokenized, spec, model) if strategy.needs_model else strategy.cut(tokenized, spec)
         return self.result(spec, tokenizer, [np.asarray(r, dtype=np.int64) for r in rows], origin, windows,

@@ -45,6 +45,8 @@ class CalibrationSpec:
     prefix_source: str | None = None
     prefix_tokens: int = 16
     filter_share: float = 0.2
+    # corpus sources: format each document as a user turn of the model's chat template before tokenizing
+    chat_template: bool = False
     # source == "custom": a local .txt/.jsonl/.parquet file, an exported set, or a hub dataset id
     path: str | None = None
     text_field: str = "text"
@@ -75,6 +77,11 @@ class CalibrationSpec:
         if self.strategy not in STRATEGIES:
             raise FieldError("strategy", f"unknown strategy {self.strategy!r}; use one of {tuple(STRATEGIES)}")
         _positive_int("candidates", self.candidates)
+        if not isinstance(self.chat_template, bool):
+            raise FieldError("chat_template", f"chat_template must be true or false, got {self.chat_template!r}")
+        if self.chat_template and not SOURCES.get(self.source).uses_strategy:
+            raise FieldError("chat_template", f"chat_template formats a corpus's documents; source {self.source!r} "
+                             "has none (use a corpus source, custom or mix)")
         SOURCES.get(self.source).check(self)
 
     @property
@@ -89,6 +96,8 @@ class CalibrationSpec:
         if source.uses_strategy:
             out["strategy"] = self.strategy
             out.update({name: getattr(self, name) for name in STRATEGIES.get(self.strategy).options})
+            if self.chat_template:                  # only when set: the keys of existing specs stay as they were
+                out["chat_template"] = True
         out.update(source.options(self))
         return out
 

@@ -117,6 +117,24 @@ register(Strategy("concat-chunk", 1, "AWQ-style: documents in a seeded order, co
                   _concat_chunk_rows))
 
 
+def _document_start_rows(docs: TokenizedDocs, spec) -> tuple[list[np.ndarray], list]:
+    """One sample per document, its first seq_len tokens (what production tools do with one example per row
+    and truncation: llm-compressor without ``concatenate_data``, GPTQModel's default): documents with at least
+    seq_len tokens in a seeded order, set k taking documents k*n .. (k+1)*n - 1. Shorter documents are left out
+    (the tools pad them; calib_lib's sets have no padding)."""
+    L, n = spec.seq_len, spec.num_samples
+    eligible = np.flatnonzero(docs.lengths() >= L)
+    order = eligible[seeded_rng(spec.seed, spec.source, "document-start", L).permutation(len(eligible))]
+    if len(order) < n * (spec.set_index + 1):
+        raise _shortfall(spec, len(order), f"{len(order)} documents have at least {L} tokens, one sample each")
+    chosen = order[spec.set_index * n:(spec.set_index + 1) * n]
+    return [docs.doc(int(d))[:L] for d in chosen], [(int(d), 0, L) for d in chosen]
+
+
+register(Strategy("document-start", 1, "one sample per document, its first seq_len tokens (production tools' "
+                  "one example per row, truncated)", _document_start_rows))
+
+
 # -- selectors: choose n of a larger pool of candidate windows ------------------------------------------------
 
 def candidate_windows(docs: TokenizedDocs, spec) -> list[tuple[int, int, int]]:
