@@ -56,3 +56,67 @@ def diagnostics(ids: torch.Tensor, vocab_size: int, reference_ids: torch.Tensor 
     if reference_ids is not None:
         out.update({f"unigram_{k}": v for k, v in unigram_divergence(ids, reference_ids, vocab_size).items()})
     return out
+
+
+# -- what the model sees: the set's perplexity and its activations against a reference ------------------------
+
+def _batches(ids: torch.Tensor, batch_size: int):
+    for start in range(0, len(ids), batch_size):
+        yield ids[start:start + batch_size]
+
+
+@torch.no_grad()
+def set_perplexity(model, ids: torch.Tensor, batch_size: int = 8) -> float:
+    """The set's perplexity under the model: exp(total next-token loss / predicted tokens), rows scored
+    independently (each row's first token has no prediction)."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in _batches(ids, batch_size):
+        batch = batch.to(device)
+        logits = model(batch, use_cache=False).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 batch[:, 1:].reshape(-1), reduction="sum")
+        total += float(loss)
+        count += batch[:, 1:].numel()
+    return float(np.exp(total / count))
+
+
+@torch.no_grad()
+def block_input_statistics(model, ids: torch.Tensor, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per decoder block, the mean and covariance (over every token of the set) of its input hidden states
+    (``hidden_states[l]`` for block l: what the block's calibration statistics are computed from)."""
+    device = next(model.parameters()).device
+    sums, products, count = None, None, 0
+    for batch in _batches(ids, batch_size):
+        hidden = model(batch.to(device), output_hidden_states=True, use_cache=False).hidden_states[:-1]
+        flat = [h.reshape(-1, h.shape[-1]).double().cpu() for h in hidden]
+        if sums is None:
+            sums = [torch.zeros(f.shape[1], dtype=torch.float64) for f in flat]
+            products = [torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64) for f in flat]
+        for layer, f in enumerate(flat):
+            sums[layer] += f.sum(dim=0)
+            products[layer] += f.T @ f
+        count += flat[0].shape[0]
+    out = []
+    for s, p in zip(sums, products):
+        mean = s / count
+        cov = (p - count * torch.outer(mean, mean)) / (count - 1)
+        out.append((mean.numpy(), cov.numpy()))
+    return out
+
+
+def activation_distance(statistics: list, reference: list) -> dict:
+    """How far a set's block inputs are from a reference's, averaged over blocks: ``activation_mean_distance``
+    = ||mu - mu_ref|| / ||mu_ref||, ``activation_cov_distance`` = ||Sigma - Sigma_ref||_F / ||Sigma_ref||_F."""
+    means = [np.linalg.norm(m - mr) / max(np.linalg.norm(mr), 1e-12) for (m, _), (mr, _) in zip(statistics, reference)]
+    covs = [np.linalg.norm(c - cr) / max(np.linalg.norm(cr), 1e-12) for (_, c), (_, cr) in zip(statistics, reference)]
+    return {"activation_mean_distance": float(np.mean(means)), "activation_cov_distance": float(np.mean(covs))}
+
+
+def model_diagnostics(model, ids: torch.Tensor, reference_statistics: list | None = None) -> dict:
+    """The set's perplexity under the (dense) model and, with the reference's ``block_input_statistics``, the
+    distance of its block inputs to the reference's."""
+    out = {"set_perplexity": set_perplexity(model, ids)}
+    if reference_statistics is not None:
+        out.update(activation_distance(block_input_statistics(model, ids), reference_statistics))
+    return out
