@@ -109,7 +109,7 @@ def test_findings_are_written_atomically_and_merged(tmp_path):
 
 def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
     names = notebooks.notebook_names()
-    assert names[-1] == "00_overview" and len(names) == 8 and "06_findings" in names
+    assert names[-1] == "00_overview" and len(names) == 9 and "06_findings" in names and "10_explore" in names
     for path in sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb")):
         name = path.stem
         nb = nbformat.read(path, as_version=4)
@@ -117,6 +117,9 @@ def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
         assert len(tagged) == 1, name
         assert nb.metadata["kernelspec"]["name"] == "python3"
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{name} is committed executed"
+    template = nbformat.read(notebooks.TEMPLATE_DIR / "sensitivity.ipynb", as_version=4)
+    assert len([c for c in template.cells if "parameters" in c.metadata.get("tags", [])]) == 1
+    assert all(not c.get("outputs") for c in template.cells if c.cell_type == "code")
     with pytest.raises(ValueError, match="unknown notebook"):
         notebooks.notebook_names(["07_nothing"])
 
