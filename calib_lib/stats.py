@@ -10,6 +10,8 @@ the bootstrap uses the percentile method, which stays defined for n = 2.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import scikit_posthocs as sp
@@ -528,3 +530,10 @@ def paired_tost(pairs: dict[str, np.ndarray], margin: float, alpha: float = 0.05
             "difference": est, "se": se, "ci_low": est - z * se, "ci_high": est + z * se,
             "p_tost": max(p_low, p_high), "mde": k_power * se_pre, "discordance": float(psis.mean()),
             "needed_docs_per_task": math.ceil(float(psis.mean()) * (k_power / margin) ** 2 / t)}
+
+
+@functools.lru_cache(maxsize=256)
+def studentized_range_quantile(level: float, groups: int, dof: int) -> float:
+    """scipy's studentized-range quantile (Tukey's HSD), cached: it integrates numerically and takes ~0.1-1 s
+    a call, while a study asks for the same (level, groups, df) again and again."""
+    return float(stats.studentized_range.ppf(level, groups, dof))

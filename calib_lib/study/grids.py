@@ -178,10 +178,17 @@ def _spec_data(spec: RunSpec) -> dict:
     return spec_data(spec.normalized())
 
 
+def selection_grid(profile: Profile) -> StudyGrid:
+    """09: every selector x draw x method (``study.selection``)."""
+    from .selection import selection_grid as grid
+    return grid(profile)
+
+
 GRIDS = {"dense": dense_grid, "baselines": baseline_grid, "noise_floor": noise_floor_grid,
          "sample_count": sample_count_grid, "sequence_length": sequence_length_grid,
          "source_domain": source_domain_grid, "seed_variance": seed_variance_grid,
-         "self_calibration": self_calibration_grid, "vocabulary": vocabulary_grid}
+         "self_calibration": self_calibration_grid, "vocabulary": vocabulary_grid,
+         "selection": selection_grid}
 
 
 def run(grid: StudyGrid, store: Store, backend: str | None = None, progress: bool = True,

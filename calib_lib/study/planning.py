@@ -31,7 +31,7 @@ from .labels import method_label
 from .profiles import Profile, claim_methods, findings_profile, get_profile
 
 VERDICT_GRIDS = ("baselines", "noise_floor", "source_domain", "seed_variance", "sample_count", "self_calibration")
-NOTEBOOK_ONLY_GRIDS = ("sequence_length",)
+NOTEBOOK_ONLY_GRIDS = ("sequence_length", "selection")
 # 07's grid: its own claim (the task-derived vocabulary keeps accuracy), on every model, after the six claims' runs
 VOCABULARY_GRIDS = ("vocabulary",)
 

@@ -50,6 +50,11 @@ class Profile:
     vocab_sizes: tuple = ()
     vocab_methods: tuple = ()
     vocab_frequent: tuple = ()
+    # 09 (calibration selection): each of `selectors` (study.selection.SELECTORS) on the base source at the base
+    # size, `selection_sets` draws each, for `selection_methods` (None: the claims' pair of methods)
+    selectors: tuple = ()
+    selection_methods: tuple | None = None
+    selection_sets: int = 1
 
 
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
@@ -82,7 +87,8 @@ PROFILES = {
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
         suite=suite_fields("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
         findings_models=("tiny-llama",), vocab_sources=("news",), vocab_sizes=(4,), vocab_methods=(SPARSEGPT,),
-        vocab_frequent=(64,)),
+        vocab_frequent=(64,), selectors=("random", "coverage", "activation-kmeans", "mix"),
+        selection_methods=(SPARSEGPT,), selection_sets=2),
     "quick": Profile(
         "quick", "SmolLM2-135M on CPU in under half an hour: SparseGPT and GPTQ on small calibration sets, data-free "
                  "baselines, a reduced evaluation; every claim's verdict says what budget would decide it",
@@ -99,7 +105,11 @@ PROFILES = {
         findings_models=("smollm2-135m",), baselines=(MAGNITUDE, RTN3), seq_len_regimes=("budget",),
         # 07: three runs (~1.5 min): the task vocabulary and two sources' base-size sets, on the dense model
         # (stacked on the methods: standard)
-        vocab_sources=("wikipedia", "code"), vocab_sizes=(16,)),
+        vocab_sources=("wikipedia", "code"), vocab_sizes=(16,),
+        # 09: three selectors on SparseGPT, one draw each (~2 min): the standard profile draws every selector
+        # three times for four methods
+        selectors=("random", "coverage", "activation-kmeans", "mix"), selection_methods=(SPARSEGPT,),
+        selection_sets=1),
     "standard": Profile(
         "standard", "SmolLM2-135M and Gemma-3-270M on CPU for tens of hours (a background sweep, calib study "
                     "--runs-only): the papers' methods at 32 x 512, five non-overlapping sets per source, six tasks of "
@@ -123,7 +133,9 @@ PROFILES = {
                                 ("arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "lambada_openai"),
                                 300), optional_tasks=False),
         replicates=4, vocab_sources=PYPI_SOURCES + MIRROR_SOURCES, vocab_sizes=(4, 32),
-        vocab_methods=(SPARSEGPT, WANDA, GPTQ3), vocab_frequent=(8192,)),
+        vocab_methods=(SPARSEGPT, WANDA, GPTQ3), vocab_frequent=(8192,),
+        selectors=("random", "coverage", "activation-kmeans", "least-perplexity", "self", "self-prefix", "mix",
+                   "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=3),
     "paper": Profile(
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
@@ -137,7 +149,9 @@ PROFILES = {
                      ("arc_easy", "arc_challenge", "boolq", "hellaswag", "lambada_openai", "openbookqa",
                       "piqa", "rte", "winogrande", "copa"), None), backend="ray",
         vocab_sources="available", vocab_sizes=(4, 32, 128), vocab_methods=(WANDA, SPARSEGPT, GPTQ3),
-        vocab_frequent=(4096, 16384)),
+        vocab_frequent=(4096, 16384),
+        selectors=("random", "coverage", "activation-kmeans", "least-perplexity", "self", "self-prefix", "mix",
+                   "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=10),
 }
 
 
@@ -151,7 +165,7 @@ def get_profile(name: str, **overrides) -> Profile:
         raise InvalidInput(f"unknown profile field(s) {sorted(unknown)}; known: {', '.join(Profile.__dataclass_fields__)}")
     for key in ("methods", "sources", "sample_counts", "seq_lens", "variance_sources", "schedules", "baselines",
                 "self_methods", "optional_sources", "findings_models", "seq_len_regimes", "variance_methods",
-                "count_methods"):
+                "count_methods", "selectors", "selection_methods"):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
     return replace(PROFILES[name], **overrides)

@@ -317,7 +317,7 @@ def source_comparison(table: pd.DataFrame, metric: str, alpha: float = ALPHA) ->
         df = int((counts - 1).sum())
         set_sd = float(math.sqrt((residual ** 2).sum() / df)) if df > 0 else float("nan")
         k = len(means)
-        q = float(sps.studentized_range.ppf(1 - alpha, k, df)) / math.sqrt(2) if df > 0 and k >= 2 else float("nan")
+        q = stats.studentized_range_quantile(1 - alpha, k, df) / math.sqrt(2) if df > 0 and k >= 2 else float("nan")
         for source, mean in means.items():
             others = means.drop(source)
             if others.empty:
