@@ -229,7 +229,8 @@ def cmd_study(args) -> int:
             summary = study.plan_summary(frame, store)
             print(summary.to_string(index=False))
             print(f"{len(frame)} runs in all, {int(summary['done'].sum())} done (tier 0: the dense model, baselines "
-                  "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 and 09 read)")
+                  "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 read; 3: 09's selectors, "
+                  "after every model)")
             return 0
         store = study.results_store(results_dir)
         summary = study.run_plan(profile, store, models=models, backend=args.backend or profile.backend,

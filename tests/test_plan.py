@@ -29,6 +29,9 @@ def test_the_plan_holds_every_run_the_notebooks_need_once():
 def test_the_plan_puts_baselines_and_the_claims_pair_first_and_one_model_after_the_other():
     cfg = study.get_profile("standard")
     frame = study.plan(cfg)
+    late = frame[frame["tier"] == 3]
+    assert set(late["grid"]) == {"selection"} and late["order"].min() == len(frame) - len(late)   # 09 last of all
+    frame = frame[frame["tier"] < 3]
     first = frame[frame["model"] == cfg.model]
     assert first["order"].max() < frame[frame["model"] != cfg.model]["order"].min()
     assert first.iloc[0]["method_label"] == "dense" and first.iloc[0]["grid"] == "baselines"

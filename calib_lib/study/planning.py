@@ -6,7 +6,8 @@ is better computed first, in the background, by one resumable sweep, and read by
 priority order:
 
 1. models in the order of ``findings_models`` (the profile's own model first), all of one model before the
-   next, so one model's evidence is complete before the next begins;
+   next, so one model's evidence is complete before the next begins; 09's selector grid (tier 3) comes after
+   every model's;
 2. within a model, the claims' runs first: the dense model and data-free baselines, then the grids the six
    verdicts read (noise floor, source domain, seed variance, sample count, self-calibration), for the first
    pruning and the first quantization method of the profile (the pair the verdicts compare), then the same
@@ -32,6 +33,8 @@ from .profiles import Profile, claim_methods, findings_profile, get_profile
 
 VERDICT_GRIDS = ("baselines", "noise_floor", "source_domain", "seed_variance", "sample_count", "self_calibration")
 NOTEBOOK_ONLY_GRIDS = ("sequence_length", "selection")
+# 09's selector grid (tier 3): its own question, computed after every model's verdict runs
+LATE_GRIDS = ("selection",)
 # 07's grid: its own claim (the task-derived vocabulary keeps accuracy), on every model, after the six claims' runs
 VOCABULARY_GRIDS = ("vocabulary",)
 
@@ -59,7 +62,8 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
                     continue
                 seen.add(spec.key)
                 label = labels.get("method_label", "")
-                tier = (2 if grid_name in NOTEBOOK_ONLY_GRIDS
+                tier = (3 if grid_name in LATE_GRIDS
+                        else 2 if grid_name in NOTEBOOK_ONLY_GRIDS
                         else 1 if grid_name in VOCABULARY_GRIDS
                         else 0 if label in pair or grid_name == "baselines" else 1)
                 rows.append({"model_rank": model_rank, "tier": tier, "grid_rank": grid_rank, "position": position,
@@ -68,7 +72,9 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame = frame.sort_values(["model_rank", "tier", "grid_rank", "position"], kind="stable").reset_index(drop=True)
+    frame = (frame.assign(_late=frame["tier"] == 3)
+             .sort_values(["_late", "model_rank", "tier", "grid_rank", "position"], kind="stable")
+             .drop(columns="_late").reset_index(drop=True))
     frame.insert(0, "order", range(len(frame)))
     return frame.drop(columns=["model_rank", "grid_rank", "position"])
 
