@@ -89,3 +89,15 @@ def test_run_diagnostics_reads_records_and_caches_model_scores(tmp_path, monkeyp
     assert len(cached) == 2
     again = quality.run_diagnostics(store, wide(store))
     assert again["set_perplexity"].tolist() == frame["set_perplexity"].tolist()
+
+
+def test_one_pass_statistics_equal_the_separate_ones(tiny_llama):
+    from calib_lib.data.diagnostics import model_diagnostics, set_statistics
+    model, _ = tiny_llama
+    ids = torch.randint(3, 200, (3, 9), generator=torch.Generator().manual_seed(3))
+    perplexity, stats = set_statistics(model, ids, batch_size=2)
+    assert perplexity == pytest.approx(set_perplexity(model, ids), rel=1e-6)
+    separate = block_input_statistics(model, ids)
+    for (m, c), (m2, c2) in zip(stats, separate):
+        np.testing.assert_allclose(m, m2) and np.testing.assert_allclose(c, c2)
+    assert model_diagnostics(model, ids, separate)["activation_mean_distance"] == 0

@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calib_lib import study
 from calib_lib.study import get_profile, selection
 from calib_lib.stats import UNTESTABLE
 
 
 def test_selection_grid_points_and_overrides():
     cfg = get_profile("tiny")
-    grid = selection.selection_grid(cfg)
+    grid = study.selection_grid(cfg)
     labels = pd.DataFrame([{**labels, "key": spec.key, "source": spec.calibration.source,
                             "strategy": spec.calibration.strategy, "set": spec.calibration.set_index}
                            for labels, spec in grid.points])
@@ -24,7 +25,7 @@ def test_selection_grid_points_and_overrides():
     random = labels[labels["selector"] == "random"]
     assert set(random["source"]) == {cfg.base_source} and set(random["strategy"]) == {"document-window"}
     with pytest.raises(ValueError, match="unknown selector"):
-        selection.selection_grid(get_profile("tiny", selectors=("random", "telepathy")))
+        study.selection_grid(get_profile("tiny", selectors=("random", "telepathy")))
 
 
 def _table(effects: dict, draws: int, sd: float, rng, label="sparsegpt 50%"):
@@ -70,3 +71,15 @@ def test_finding_names_each_claim_and_the_best_diagnostic():
     text = selection.selection_finding(claims, None, scores)
     assert "coverage" in text and "holds" in text
     assert "higher means less KL" in text and "75% of the time" in text
+
+
+def test_random_draws_from_04_join_the_reference():
+    table = pd.DataFrame([{"key": "a", "method_label": "sparsegpt 50%", "selector": "random", "draw": 0,
+                           "calibration.source": "wikipedia", "calibration.set_index": 0, "kl:geomean": 1.0}])
+    variance = pd.DataFrame([{"key": k, "method_label": m, "calibration.source": s, "calibration.set_index": i,
+                              "replicate": 0, "kl:geomean": 1.1}
+                             for k, m, s, i in (("a", "sparsegpt 50%", "wikipedia", 0), ("b", "sparsegpt 50%", "wikipedia", 1),
+                                                ("c", "sparsegpt 50%", "news", 1), ("d", "gptq 3-bit g128", "wikipedia", 1))])
+    joined = selection.add_random_draws(table, variance, "wikipedia")
+    assert sorted(joined["key"]) == ["a", "b"] and list(joined["draw"]) == [0, 1]
+    assert (joined["selector"] == "random").all()

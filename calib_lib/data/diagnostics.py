@@ -85,10 +85,24 @@ def set_perplexity(model, ids: torch.Tensor, batch_size: int = 8) -> float:
 def block_input_statistics(model, ids: torch.Tensor, batch_size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per decoder block, the mean and covariance (over every token of the set) of its input hidden states
     (``hidden_states[l]`` for block l: what the block's calibration statistics are computed from)."""
+    return set_statistics(model, ids, batch_size, perplexity=False)[1]
+
+
+@torch.no_grad()
+def set_statistics(model, ids: torch.Tensor, batch_size: int = 8, perplexity: bool = True):
+    """(the set's perplexity or None, ``block_input_statistics``) from one forward pass per batch."""
     device = next(model.parameters()).device
     sums, products, count = None, None, 0
+    total, predicted = 0.0, 0
     for batch in _batches(ids, batch_size):
-        hidden = model(batch.to(device), output_hidden_states=True, use_cache=False).hidden_states[:-1]
+        batch = batch.to(device)
+        out = model(batch, output_hidden_states=True, use_cache=False)
+        if perplexity:
+            logits = out.logits.float()
+            total += float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                             batch[:, 1:].reshape(-1), reduction="sum"))
+            predicted += batch[:, 1:].numel()
+        hidden = out.hidden_states[:-1]
         flat = [h.reshape(-1, h.shape[-1]).double().cpu() for h in hidden]
         if sums is None:
             sums = [torch.zeros(f.shape[1], dtype=torch.float64) for f in flat]
@@ -102,7 +116,7 @@ def block_input_statistics(model, ids: torch.Tensor, batch_size: int = 8) -> lis
         mean = s / count
         cov = (p - count * torch.outer(mean, mean)) / (count - 1)
         out.append((mean.numpy(), cov.numpy()))
-    return out
+    return (float(np.exp(total / predicted)) if perplexity else None), out
 
 
 def activation_distance(statistics: list, reference: list) -> dict:
@@ -116,7 +130,8 @@ def activation_distance(statistics: list, reference: list) -> dict:
 def model_diagnostics(model, ids: torch.Tensor, reference_statistics: list | None = None) -> dict:
     """The set's perplexity under the (dense) model and, with the reference's ``block_input_statistics``, the
     distance of its block inputs to the reference's."""
-    out = {"set_perplexity": set_perplexity(model, ids)}
+    perplexity, statistics = set_statistics(model, ids)
+    out = {"set_perplexity": perplexity}
     if reference_statistics is not None:
-        out.update(activation_distance(block_input_statistics(model, ids), reference_statistics))
+        out.update(activation_distance(statistics, reference_statistics))
     return out

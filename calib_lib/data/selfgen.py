@@ -176,7 +176,7 @@ def self_generated_set(spec, model, tokenizer, *, progress: bool = True):
     return cal
 
 
-def prefix_generated_set(spec, model, tokenizer, *, progress: bool = True):
+def prefix_generated_set(spec, model, tokenizer, prefixes, *, progress: bool = True):
     """Ji et al. (ICLR 2025), "self-generating then sampling": the model continues short prefixes of real text
     (``prefix_tokens`` tokens of ``prefix_source``, each a window of that source's set ``set_index``, so sets
     never share a prefix), and the ``filter_share`` of generations with the highest perplexity under the model
@@ -185,12 +185,9 @@ def prefix_generated_set(spec, model, tokenizer, *, progress: bool = True):
     plain sampling). Taken from the paper: prefixes of real text as the prompt, a perplexity filter on the
     generations. What differs: prefix length, filter share and sampling settings are parameters here (16
     tokens, 20%, temperature 1 by default), not values checked against the authors' code; rows shorter than
-    seq_len after EOS are filled with BOS-started generations, as in the self-calibration set. Cached like it."""
-    import math
-
-    from .sampling import sample
+    seq_len after EOS are filled with BOS-started generations, as in the self-calibration set. Cached like it.
+    `prefixes`: a callable giving the prefix rows (the source draws them: ``sources.SelfPrefixSource``)."""
     from .selection import window_perplexities
-    from .spec import CalibrationSpec
     path = _cache_path(spec, model, tokenizer)
     if path.exists():
         cached = _cached_set(path, spec, tokenizer)
@@ -198,10 +195,8 @@ def prefix_generated_set(spec, model, tokenizer, *, progress: bool = True):
             return cached
         path.unlink(missing_ok=True)
     started = time.time()
-    generated = math.ceil(spec.num_samples / (1 - spec.filter_share) - 1e-9)
-    prefix_spec = CalibrationSpec(spec.prefix_source, num_samples=generated, seq_len=spec.prefix_tokens,
-                                  seed=spec.seed, set_index=spec.set_index)
-    prefixes = sample(prefix_spec, tokenizer, progress=False).input_ids.tolist()
+    prefixes = prefixes()                   # [generated rows][prefix_tokens]: drawn only when not cached
+    generated = len(prefixes)
     seed = int(hashlib.sha256(f"self-prefix:{spec.seed}:{spec.set_index}".encode()).hexdigest()[:8], 16)
     ids = generate_rows(model, tokenizer, generated, spec.seq_len, seed=seed, t_init=spec.t_init,
                         t_final=spec.t_final, steps=spec.schedule_steps, stopword_first=False,

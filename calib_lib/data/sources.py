@@ -345,8 +345,19 @@ class SelfPrefixSource(SelfSource):
     def build(self, spec, tokenizer, model=None, *, progress: bool = True) -> CalibrationSet:
         if model is None:
             raise InvalidInput("source 'self-prefix' generates text with the model: pass model=")
+        import math
+        from dataclasses import replace
+
         from .selfgen import prefix_generated_set
-        return prefix_generated_set(spec, model, tokenizer, progress=progress)
+        generated = math.ceil(spec.num_samples / (1 - spec.filter_share) - 1e-9)
+        prefix_spec = replace(spec, source=spec.prefix_source, num_samples=generated, seq_len=spec.prefix_tokens,
+                              strategy="document-window", prefix_source=None, t_init=1.0, t_final=1.0,
+                              schedule_steps=10, stopword_first=False, chat_template=False)
+
+        def prefixes():
+            return SOURCES[spec.prefix_source].build(prefix_spec, tokenizer, progress=False).input_ids.tolist()
+
+        return prefix_generated_set(spec, model, tokenizer, prefixes, progress=progress)
 
 
 def register(source: Source) -> Source:

@@ -179,9 +179,22 @@ def _spec_data(spec: RunSpec) -> dict:
 
 
 def selection_grid(profile: Profile) -> StudyGrid:
-    """09: every selector x draw x method (``study.selection``)."""
-    from .selection import selection_grid as grid
-    return grid(profile)
+    """09: every (method, selector, draw) at the profile's base source and size (``study.selectors``); methods:
+    ``selection_methods`` (None: the claims' pair)."""
+    from .profiles import claim_methods
+    from .selectors import SELECTORS
+    unknown = [s for s in profile.selectors if s not in SELECTORS]
+    if unknown:
+        raise InvalidInput(f"unknown selector(s) {unknown} in profile {profile.name!r}; known: {', '.join(SELECTORS)}")
+    methods = profile.selection_methods if profile.selection_methods is not None else claim_methods(profile)
+    points = []
+    for m in methods:
+        for name in profile.selectors:
+            override = SELECTORS[name][0](profile)
+            for k in range(profile.selection_sets):
+                points.append(({"method_label": method_label(m), "selector": name, "draw": k},
+                               _spec(profile, m, set_index=k, **override)))
+    return StudyGrid("selection", points)
 
 
 GRIDS = {"dense": dense_grid, "baselines": baseline_grid, "noise_floor": noise_floor_grid,

@@ -106,10 +106,10 @@ PROFILES = {
         # 07: three runs (~1.5 min): the task vocabulary and two sources' base-size sets, on the dense model
         # (stacked on the methods: standard)
         vocab_sources=("wikipedia", "code"), vocab_sizes=(16,),
-        # 09: three selectors on SparseGPT, one draw each (~2 min): the standard profile draws every selector
-        # three times for four methods
-        selectors=("random", "coverage", "activation-kmeans", "mix"), selection_methods=(SPARSEGPT,),
-        selection_sets=1),
+        # 09: two selectors against random windows on SparseGPT, one draw each (the random reference also
+        # takes 04's three draws): 2 runs + the quality study, ~2 min measured uncontended on 2026-12-07; the
+        # model-based selectors run on tiny (CI) and standard (every selector x four methods x three draws)
+        selectors=("random", "coverage", "mix"), selection_methods=(SPARSEGPT,), selection_sets=1),
     "standard": Profile(
         "standard", "SmolLM2-135M and Gemma-3-270M on CPU for tens of hours (a background sweep, calib study "
                     "--runs-only): the papers' methods at 32 x 512, five non-overlapping sets per source, six tasks of "

@@ -52,7 +52,7 @@ def _suite_json(spec) -> str:
 def set_model_diagnostics(spec, expected_fingerprint: str | None = None) -> dict:
     """The model-based diagnostics of a run's calibration set (cached): the set drawn again from the spec (its
     fingerprint checked against the run's), scored by the dense model."""
-    from ..data.diagnostics import activation_distance, block_input_statistics, set_perplexity
+    from ..data.diagnostics import model_diagnostics
     from ..data.sampling import sample
     from ..runs.runner import pristine_model
     suite_json = _suite_json(spec)
@@ -67,9 +67,7 @@ def set_model_diagnostics(spec, expected_fingerprint: str | None = None) -> dict
             path.unlink(missing_ok=True)
     model, tokenizer = pristine_model(spec.model, spec.dtype)
     cal = sample(spec.calibration, tokenizer, model, progress=False)
-    out = {"set_perplexity": set_perplexity(model, cal.input_ids),
-           **activation_distance(block_input_statistics(model, cal.input_ids),
-                                 _reference_statistics(spec.model, spec.dtype, suite_json)),
+    out = {**model_diagnostics(model, cal.input_ids, _reference_statistics(spec.model, spec.dtype, suite_json)),
            "fingerprint_matches": expected_fingerprint is None or cal.fingerprint == expected_fingerprint}
     from ..files import atomic_write_text
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,29 +23,8 @@ from scipy import stats as sps
 
 from .. import stats
 from ..stats import UNTESTABLE
-from .grids import StudyGrid, _spec
-from .labels import method_label
-from .profiles import Profile, resolve_sources
+from .selectors import SELECTORS  # noqa: F401  (09's selectors; the grid is grids.selection_grid)
 
-# name -> (calibration override as a function of the profile, where it comes from)
-SELECTORS = {
-    "random": (lambda p: {}, "random windows (GPTQ-style; the reference)"),
-    "coverage": (lambda p: {"strategy": "coverage"}, "ZipCal (Monaco et al. 2026): greedy coverage of distinct tokens"),
-    "activation-kmeans": (lambda p: {"strategy": "activation-kmeans"},
-                          "COLA (He et al. 2025): k-means medoids of MLP activations"),
-    "least-perplexity": (lambda p: {"strategy": "least-perplexity"},
-                         "lowest perplexity under the dense model (ZipCal's baseline)"),
-    "self": (lambda p: {"source": "self"}, "self-calibration (Williams et al. 2025): generated from BOS"),
-    "self-prefix": (lambda p: {"source": "self-prefix", "prefix_source": p.base_source},
-                    "Ji et al. (2025): continuations of real prefixes, perplexity-filtered"),
-    "mix": (lambda p: {"source": "mix", "mix": {s: 1 / len(resolve_sources(p.sources))
-                                                   for s in resolve_sources(p.sources)}},
-            "MixCal (2026): a uniform mix of the profile's sources"),
-    "document-start": (lambda p: {"strategy": "document-start"},
-                       "one sample per document, its first tokens (production tools' default)"),
-    "chat": (lambda p: {"strategy": "document-start", "chat_template": True},
-             "as document-start, each document a user turn of the chat template"),
-}
 # the claims 09 tests: (selector, against, what the paper says)
 CLAIMS = (("coverage", "random", "ZipCal: lexical-diversity selection beats random sampling"),
           ("activation-kmeans", "random", "COLA: activation-space selection beats random sampling"),
@@ -54,24 +33,18 @@ CLAIMS = (("coverage", "random", "ZipCal: lexical-diversity selection beats rand
           ("least-perplexity", "random", "perplexity selection beats random sampling (ZipCal's baseline)"))
 
 
-def _selection_methods(profile: Profile) -> tuple:
-    from .profiles import claim_methods
-    return profile.selection_methods if profile.selection_methods is not None else claim_methods(profile)
-
-
-def selection_grid(profile: Profile) -> StudyGrid:
-    """Every (method, selector, draw) of 09 at the profile's base source and size."""
-    unknown = [s for s in profile.selectors if s not in SELECTORS]
-    if unknown:
-        raise ValueError(f"unknown selector(s) {unknown} in profile {profile.name!r}; known: {', '.join(SELECTORS)}")
-    points = []
-    for m in _selection_methods(profile):
-        for name in profile.selectors:
-            override = SELECTORS[name][0](profile)
-            for k in range(profile.selection_sets):
-                points.append(({"method_label": method_label(m), "selector": name, "draw": k},
-                               _spec(profile, m, set_index=k, **override)))
-    return StudyGrid("selection", points)
+def add_random_draws(table: pd.DataFrame, variance_table: pd.DataFrame | None, base_source: str) -> pd.DataFrame:
+    """The selection table with 04's draws of the base source (random windows, set indices 0..k-1, the same
+    methods and size) as further draws of the ``random`` selector: more draws of the reference at no cost."""
+    if variance_table is None or variance_table.empty or "random" not in set(table["selector"]):
+        return table
+    extra = variance_table[(variance_table["calibration.source"] == base_source)
+                           & variance_table["method_label"].isin(table["method_label"])
+                           & ~variance_table["key"].isin(table["key"])]
+    if "replicate" in extra:
+        extra = extra[extra["replicate"].fillna(0).astype(int) == 0]
+    extra = extra.drop_duplicates("key").assign(selector="random", draw=extra["calibration.set_index"].astype(int))
+    return pd.concat([table, extra[[c for c in extra.columns if c in table.columns]]], ignore_index=True)
 
 
 def selection_costs(store, table: pd.DataFrame) -> pd.DataFrame:
