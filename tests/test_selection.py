@@ -326,3 +326,21 @@ def test_chat_template_formats_each_document_as_a_user_turn(corpus_file, tiny_ll
     assert formatted.spec.normalized()["chat_template"] is True and "chat_template" not in plain.spec.normalized()
     with pytest.raises(FieldError, match="formats a corpus's documents"):
         CalibrationSpec("self", num_samples=4, seq_len=32, chat_template=True)
+
+
+@pytest.mark.parametrize("kwargs", [dict(strategy="coverage"), dict(strategy="activation-kmeans"),
+                                    dict(strategy="least-perplexity"), dict(strategy="document-start"),
+                                    dict(strategy="document-start", chat_template=True)])
+def test_every_selector_is_exact_reproducible_and_disjoint(corpus_file, tiny_llama, kwargs):
+    """The contract of issue #21 for every selector that cuts a corpus (mix and self-prefix have their own)."""
+    import copy
+    model, tok = tiny_llama
+    if kwargs.get("chat_template"):
+        tok = copy.deepcopy(tok)
+        tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    sets = [sample(_spec(corpus_file, set_index=k, **kwargs), tok, model) for k in range(3)]
+    assert all(tuple(cal.input_ids.shape) == (5, 32) for cal in sets)
+    assert sample(_spec(corpus_file, set_index=2, **kwargs), tok, model).fingerprint == sets[2].fingerprint
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not _overlap(sets[i].windows, sets[j].windows)
