@@ -109,7 +109,7 @@ def test_findings_are_written_atomically_and_merged(tmp_path):
 
 def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
     names = notebooks.notebook_names()
-    assert names[-1] == "00_overview" and len(names) == 9 and "06_findings" in names and "10_explore" in names
+    assert names[-1] == "00_overview" and len(names) == 10 and "06_findings" in names and "09_selection" in names and "10_explore" in names
     for path in sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb")):
         name = path.stem
         nb = nbformat.read(path, as_version=4)
