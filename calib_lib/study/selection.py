@@ -78,7 +78,8 @@ def selection_comparison(table: pd.DataFrame, metric: str = "kl:geomean") -> pd.
 def _against(table: pd.DataFrame, metric: str, selector: str, reference: str, alpha: float = 0.05):
     """selector minus reference on the metric's scale (log for KL), its Tukey-HSD interval over every selector of
     the method, and the draws per selector."""
-    values = table.assign(_y=np.log(table[metric].astype(float)) if metric != "acc:mean" else table[metric])
+    from .sensitivity import _value
+    values = table.assign(_y=_value(table, metric))
     groups = values.groupby("selector")["_y"]
     means, counts = groups.mean(), groups.size()
     if selector not in means or reference not in means:

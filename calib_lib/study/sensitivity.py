@@ -594,7 +594,6 @@ def compute_runs(model: str, methods, budget: str = "quick", sources=None, *,
     import contextlib
     import sys
 
-    from ..models import load_model
     from ..runs.sweep import run_specs, status
     from .session import results_store
     profile = sensitivity_profile(model, methods, budget, sources)
@@ -618,10 +617,11 @@ def compute_runs(model: str, methods, budget: str = "quick", sources=None, *,
         # before any run: an unknown model, an architecture the driver cannot compress (GPT-2's Conv1D, fused
         # expert weights), a budget the corpus cannot fill without overlap
         from ..compress.blocks import block_linears, decoder_blocks
-        loaded, tokenizer = load_model(model, log=log)
+        from ..runs.runner import pristine_model
+        # the runs' own model cache: the runs below reuse this load instead of loading the model again
+        loaded, tokenizer = pristine_model(model, "float32")
         for block in decoder_blocks(loaded):
             block_linears(block)
-        del loaded
         check_calibration(profile, grid.specs, tokenizer)
     started = time.time()
     # the runs' bar on the terminal; the libraries' own bars and chatter (lm-eval, datasets) in a log
