@@ -9,6 +9,8 @@ A ``DocumentBlock`` holds one task or perplexity text of one run as columns:
   token and character counts and whether it is the greedy continuation; per document ``correct`` (acc) and
   ``correct_norm`` (acc_norm: log-likelihood per character, lm-eval's definition), NaN where the task has
   no such metric.
+- a summarization dataset (``evaluate.summarization``): for every document its index in the dataset, every
+  summary metric, the prompt and generated token counts, and the summary and raw generation as text.
 - a perplexity text: for every window its summed NLL and scored token count and, when the dense model's
   reference was given, its summed KL divergence to the dense model and its count of top-1 agreements.
 
@@ -30,18 +32,21 @@ DOCUMENT_COLUMNS = ("correct", "correct_norm", "gold_loglik", "best_other_loglik
 CHOICE_COLUMNS = ("loglik", "tokens", "chars", "greedy")
 TASK_COLUMNS = ("doc_id", "gold", "n_choices", "correct", "correct_norm") + tuple(f"choice_{c}" for c in CHOICE_COLUMNS)
 WINDOW_COLUMNS = ("doc_id", "nll", "tokens")
+# A generated summary per document (evaluate.summarization): metrics, token counts and the texts.
+SUMMARY_COLUMNS = ("doc_id", "rouge1", "coverage", "entity_hallucination", "summary")
+KINDS = ("task", "perplexity", "summary")
 
 
 @dataclass(frozen=True)
 class DocumentBlock:
-    kind: str                       # "task" or "perplexity"
+    kind: str                       # "task", "perplexity" or "summary"
     name: str                       # the task or the text
     columns: dict = field(default_factory=dict)     # name -> 1-D numpy array
 
     def __post_init__(self):
-        need = TASK_COLUMNS if self.kind == "task" else WINDOW_COLUMNS
+        need = {"task": TASK_COLUMNS, "summary": SUMMARY_COLUMNS}.get(self.kind, WINDOW_COLUMNS)
         missing = [c for c in need if c not in self.columns]
-        if self.kind not in ("task", "perplexity") or missing:
+        if self.kind not in KINDS or missing:
             raise InvalidInput(f"document block {self.kind}/{self.name}: unknown kind or missing columns {missing}")
         if self.kind == "task":
             per_doc = {len(self.columns[c]) for c in ("doc_id", "gold", "n_choices", "correct", "correct_norm")}
@@ -68,6 +73,9 @@ class DocumentBlock:
         n = self.documents
         nan = np.full(n, np.nan)
         c = self.columns
+        if self.kind == "summary":
+            raise InvalidInput(f"summary/{self.name} holds generated summaries, not scored choices or windows: read "
+                               "it with Store.summaries()")
         if self.kind == "perplexity":
             return {"doc_id": c["doc_id"], "correct": nan, "correct_norm": nan, "gold_loglik": nan,
                     "best_other_loglik": nan, "nll": c["nll"].astype(float), "tokens": c["tokens"].astype(float),

@@ -45,12 +45,17 @@ class Suite:
     seed: int = 1234
     batch_size: int | None = None        # lm-eval batch; None: chosen from the vocabulary size
     kl_to_dense: bool = False            # KL/top-1 agreement to the dense model's reference on every text
+    # generated summaries and their faithfulness (evaluate.summarization.SummarizationEval, or its mapping);
+    # None: none (and the suite's dict, hence every existing run key, stays as it was)
+    summarization: object = None
 
     def __post_init__(self):
         # A suite checks itself where it is made (a run spec, a profile, a caller), as CalibrationSpec and
         # the methods do: every task and text must exist and every number be in range. Whether their data
         # is available here is plan()'s concern (a mirror may be set later).
         from ..data.registry import SOURCES
+        from .summarization import as_summarization
+        object.__setattr__(self, "summarization", as_summarization(self.summarization))
         for name in ("ppl_texts", "tasks"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -74,7 +79,10 @@ class Suite:
                 raise FieldError(name, f"expected an integer >= {low}{' or null' if nullable else ''}, got {value!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.summarization is None:       # suites without it keep the dict (and the run keys) they had
+            del data["summarization"]
+        return data
 
 
 SUITES = {
@@ -156,11 +164,12 @@ def ensure_dense_references(model, tokenizer, suite: str | Suite | dict, model_i
 @dataclass(frozen=True)
 class Evaluation:
     metrics: list            # tidy records, one per metric
-    documents: list          # records.DocumentBlock per task and per perplexity text
+    documents: list          # records.DocumentBlock per task, per perplexity text, per summarization dataset
+    generation: dict | None = None   # the summaries' cost (evaluate.summarization), when the suite asks for them
 
 
 def score(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bool = True,
-          model_id: str | None = None) -> Evaluation:
+          model_id: str | None = None, model_name: str = "the model") -> Evaluation:
     """Metrics and per-document records of ``model`` on ``suite``.
 
     ``model_id`` names the dense reference to compare with when the suite asks for ``kl_to_dense``
@@ -205,7 +214,17 @@ def score(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bo
         if accs:
             records.append({"kind": "task", "name": "mean", "metric": "acc", "value": float(np.mean(accs)),
                             "stderr": None, "n": len(accs), "seconds": sum(seconds.values())})
-    return Evaluation(records, blocks)
+    generation = None
+    if suite.summarization is not None:
+        if getattr(model, "vocab_pruning", None) is not None:
+            raise InvalidInput("summaries from a model with a pruned vocabulary are not supported: drop the suite's "
+                               "summarization field or the run's vocabulary")
+        from .summarization import score_summaries
+        summary_records, block, generation = score_summaries(model, tokenizer, suite.summarization,
+                                                             progress=progress, model_name=model_name)
+        records.extend(summary_records)
+        blocks.append(block)
+    return Evaluation(records, blocks, generation)
 
 
 def evaluate(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bool = True,

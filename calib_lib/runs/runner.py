@@ -142,6 +142,8 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     record: dict = {"versions": spec.versions(),
                     "model_provenance": model.calib_provenance.to_dict()}
     model_id = model_identity(spec.model, spec.dtype)          # the dense model this run is compared with
+    from ..evaluate.summarization import check_summarization
+    check_summarization(spec.suite.summarization, tokenizer, spec.model)   # refused before any compute
     if spec.suite.kl_to_dense:
         # The dense model's next-token distributions on the suite's texts, cached once per (model, text,
         # windows): computed now, while the weights in memory are still the uncompressed ones.
@@ -169,8 +171,10 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
         model, record["vocabulary"], vocabulary_metrics = prune_run_vocabulary(spec, model, tokenizer, progress)
         timings["vocabulary"] = time.time() - t
     t = time.time()
-    evaluation = score(model, tokenizer, spec.suite, progress=progress, model_id=model_id)
+    evaluation = score(model, tokenizer, spec.suite, progress=progress, model_id=model_id, model_name=spec.model)
     record["metrics"] = evaluation.metrics + vocabulary_metrics
+    if evaluation.generation is not None:
+        record["generation"] = evaluation.generation
     if spec.vocabulary is not None:
         record["vocabulary"]["oov_input_tokens"] = model.vocab_pruning.oov_tokens
     record["documents"] = pack_blocks(evaluation.documents)      # the store keeps them in their own table

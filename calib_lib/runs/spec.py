@@ -288,6 +288,9 @@ def parse_spec(data: dict, path: str = "") -> RunSpec:
     if replicate < 0:
         raise SpecError(f"{prefix}replicate", f"must be 0 (the run itself) or a replicate number >= 1, got {replicate}")
     vocabulary = _vocabulary(data.get("vocabulary"), f"{prefix}vocabulary", calibration)
+    if vocabulary is not None and suite.summarization is not None:
+        raise SpecError(f"{prefix}eval.summarization", "summaries from a model with a pruned vocabulary are not "
+                                                       "supported: remove the run's vocabulary or the suite's summarization")
     _check_context(model, calibration, suite, prefix)
     if vocabulary is not None and vocabulary.calibration is not None:
         _check_context(model, vocabulary.calibration, suite, f"{prefix}vocabulary.")
@@ -340,6 +343,10 @@ def component_versions(spec: RunSpec) -> dict:
         versions.update(method=method.version, pipeline=PIPELINES[method.pipeline].version)
     if spec.calibration is not None:
         versions.update(spec.calibration.source_entry.versions(spec.calibration))
+    if spec.suite.summarization is not None:
+        from ..data.summarization import SUMMARY_DATA_VERSION
+        from ..evaluate.summary_metrics import SUMMARY_METRICS_VERSION
+        versions.update(summary_data=SUMMARY_DATA_VERSION, summary_metrics=SUMMARY_METRICS_VERSION)
     if spec.vocabulary is not None:
         from ..compress.vocabulary import VOCABULARY_VERSION
         versions["vocabulary"] = VOCABULARY_VERSION

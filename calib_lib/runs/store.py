@@ -443,12 +443,33 @@ class Store:
         import pandas as pd
         parts = []
         for key, label, block in self._blocks(keys):
+            if block.kind == "summary":          # generated texts: Store.summaries()
+                continue
             part = pd.DataFrame(block.rows())
             part.insert(0, "name", block.name)
             part.insert(0, "kind", block.kind)
             part.insert(0, "label", label)
             part.insert(0, "key", key)
             parts.append(part)
+        return pd.concat(parts, ignore_index=True)
+
+    def summaries(self, keys=None):
+        """One row per (run key, dataset, doc_id) of every run that generated summaries
+        (``evaluate.summarization``): every per-document metric, the token counts, ``summary`` and ``generation``.
+        Join with ``frame()`` on ``key``."""
+        import pandas as pd
+        parts = []
+        for key, label, block in self._blocks(keys):
+            if block.kind != "summary":
+                continue
+            part = pd.DataFrame({k: v for k, v in block.columns.items()})
+            part.insert(0, "dataset", block.name)
+            part.insert(0, "label", label)
+            part.insert(0, "key", key)
+            parts.append(part)
+        if not parts:
+            raise StoreError(f"{self.path} has no generated summaries for the runs asked for: give their suite a "
+                             "summarization field (calib_lib.evaluate.summarization.SummarizationEval)")
         return pd.concat(parts, ignore_index=True)
 
     def choices(self, keys=None):
