@@ -109,7 +109,7 @@ def test_findings_are_written_atomically_and_merged(tmp_path):
 
 def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
     names = notebooks.notebook_names()
-    assert names[-1] == "00_overview" and len(names) == 10 and "06_findings" in names and "09_selection" in names and "10_explore" in names
+    assert names[-1] == "00_overview" and len(names) == 11 and "06_findings" in names and "09_selection" in names and "08_summarization" in names and "10_explore" in names
     for path in sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb")):
         name = path.stem
         nb = nbformat.read(path, as_version=4)
@@ -126,7 +126,8 @@ def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
 
 EXPECTED_FIGURES = ["01_sample_count-trend", "02_sequence_length-trend", "03_source_domain-by-source",
                     "03_source_domain-domain-matrix", "04_seed_variance-sets", "04_seed_variance-swing", "04_seed_variance-variance",
-                    "05_self_calibration-by-data", "07_vocabulary-usage", "07_vocabulary-tradeoff"]
+                    "05_self_calibration-by-data", "07_vocabulary-usage", "07_vocabulary-tradeoff",
+                    "08_summarization-runs", "08_summarization-claims"]
 
 
 @pytest.fixture(scope="module")

@@ -220,10 +220,10 @@ def score(model, tokenizer, suite: str | Suite | dict = "quick", *, progress: bo
             raise InvalidInput("summaries from a model with a pruned vocabulary are not supported: drop the suite's "
                                "summarization field or the run's vocabulary")
         from .summarization import score_summaries
-        summary_records, block, generation = score_summaries(model, tokenizer, suite.summarization,
-                                                             progress=progress, model_name=model_name)
+        summary_records, summary_blocks, generation = score_summaries(model, tokenizer, suite.summarization,
+                                                                      progress=progress, model_name=model_name)
         records.extend(summary_records)
-        blocks.append(block)
+        blocks.extend(summary_blocks)
     return Evaluation(records, blocks, generation)
 
 

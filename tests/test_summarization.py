@@ -1,0 +1,345 @@
+"""Summarization evaluation (issue #20): datasets, prompts and truncation, batched greedy generation against a
+plain greedy loop, the metrics against independent re-derivations, the NLI score against a direct computation,
+runs and the store, and the verdict rules on simulated nulls."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from calib_lib.errors import InvalidInput, Unavailable
+from calib_lib.evaluate import generation, nli, summary_metrics
+from calib_lib.evaluate.summarization import SummarizationEval, selected_documents
+from calib_lib.models.tiny import build_tiny_model, build_tokenizer
+
+
+# -- metrics ------------------------------------------------------------------------------------------------
+
+def naive_fragments(document: list[str], summary: list[str]) -> list[list[str]]:
+    """Grusky et al.'s greedy cover written directly from the paper's definition: at each summary position, the
+    longest span starting there that is a contiguous sub-sequence of the document (searched as text)."""
+    joined = "\x00" + "\x00".join(document) + "\x00"
+    out, i = [], 0
+    while i < len(summary):
+        k = 0
+        while i + k < len(summary) and ("\x00" + "\x00".join(summary[i:i + k + 1]) + "\x00") in joined:
+            k += 1
+        if k:
+            out.append(summary[i:i + k])
+        i += max(k, 1)
+    return out
+
+
+def test_fragments_agree_with_a_direct_re_derivation_on_random_texts():
+    rng = random.Random(0)
+    vocab = list("abcdefg")
+    for _ in range(400):
+        doc = [rng.choice(vocab) for _ in range(rng.randint(0, 30))]
+        summ = [rng.choice(vocab) for _ in range(rng.randint(1, 15))]
+        assert summary_metrics.fragments(doc, summ) == naive_fragments(doc, summ)
+
+
+def test_coverage_density_and_novel_ngrams_by_hand():
+    doc = "The cat sat on the mat. It was warm."
+    summ = "The cat sat on a warm mat"
+    # fragments: [the cat sat on] [warm] [mat]; 'a' is novel
+    scores = summary_metrics.fragment_scores(doc, summ)
+    assert scores["coverage"] == pytest.approx(6 / 7)
+    assert scores["density"] == pytest.approx((16 + 1 + 1) / 7)
+    assert scores["compression"] == pytest.approx(9 / 7)
+    assert summary_metrics.novel_ngrams(doc, summ, 1) == pytest.approx(1 / 7)
+    # bigrams: the cat, cat sat, sat on | on a, a warm, warm mat -> 3 of 6 novel
+    assert summary_metrics.novel_ngrams(doc, summ, 2) == pytest.approx(3 / 6)
+    assert np.isnan(summary_metrics.novel_ngrams(doc, "cat", 2))
+    assert np.isnan(summary_metrics.fragment_scores(doc, "")["coverage"])
+
+
+def test_rouge_and_entity_scores():
+    assert summary_metrics.rouge("the cat sat", "the cat sat")["rouge2"] == pytest.approx(1.0)
+    assert summary_metrics.rouge("the cats sat", "the cat sat")["rouge1"] == pytest.approx(1.0)   # stemmed
+    doc = "Prime Minister  Tony Blair met the BBC in London on Monday."
+    got = summary_metrics.entity_scores(doc, ["tony blair", "London", "Paris", "2022"])
+    assert (got["entities"], got["unsupported_entities"]) == (4, 2) and got["entity_hallucination"] == 0.5
+    assert np.isnan(summary_metrics.entity_scores(doc, [])["entity_hallucination"])
+
+
+def test_the_recogniser_finds_entities_offline():
+    from calib_lib.evaluate.ner import recognizer
+    got = recognizer().entities(["Apple bought a London firm for $1 billion on Monday.", ""])
+    assert "Apple" in got[0] and "London" in got[0] and got[1] == []
+
+
+def test_sentences():
+    assert summary_metrics.sentences("He left. She stayed at 3.5 p.m. today! Why? OK") == [
+        "He left.", "She stayed at 3.5 p.m. today!", "Why?", "OK"]
+
+
+# -- NLI ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_nli(tmp_path_factory):
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    path = tmp_path_factory.mktemp("nli")
+    tok = build_tokenizer()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                  cls_token="<s>", sep_token="</s>")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, num_labels=3,
+                        id2label={0: "ENTAILMENT", 1: "NEUTRAL", 2: "CONTRADICTION"},
+                        label2id={"ENTAILMENT": 0, "NEUTRAL": 1, "CONTRADICTION": 2})
+    BertForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_nli_consistency_equals_a_direct_summac_zs_computation(tiny_nli):
+    tokenizer, model, entail, contra = nli.load_nli(tiny_nli)
+    assert (entail, contra) == (0, 2)
+    pairs = [("The cat sat. The dog ran away. It rained.", "The cat sat. It was sunny."),
+             ("One sentence only.", "A claim."), ("Some text.", "")]
+    got = nli.consistency(pairs, tiny_nli, batch_size=3)
+
+    def one(premise, hypothesis):
+        enc = tokenizer(premise, hypothesis, return_tensors="pt", truncation=True, max_length=nli.MAX_PAIR_TOKENS)
+        with torch.no_grad():
+            p = torch.softmax(model(**enc).logits, -1)[0]
+        return float(p[0] - p[2])
+    expected = []
+    for doc, summ in pairs[:2]:
+        premises, hyps = summary_metrics.sentences(doc), summary_metrics.sentences(summ)
+        expected.append(np.mean([max(one(p, h) for p in premises) for h in hyps]))
+    np.testing.assert_allclose(got[:2], expected, atol=1e-5)
+    assert np.isnan(got[2])
+
+
+def test_a_named_nli_model_that_is_missing_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(Unavailable, match="cannot be loaded"):
+        nli.check_nli(str(tmp_path / "no-such-model"))
+    nli.check_nli("auto")          # auto: recorded as unavailable at scoring time instead
+    nli.check_nli(None)
+
+
+# -- prompts, truncation, generation ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = build_tiny_model("llama")
+    return model, tokenizer
+
+
+def test_truncation_keeps_the_head_and_counts_it(tiny):
+    _, tok = tiny
+    doc = " ".join(["the quick brown fox jumps over the lazy dog"] * 40)
+    p = generation.build_prompt(tok, "plain", doc, 64)
+    assert len(p.input_ids) <= 64 and p.truncated and p.kept_tokens < p.document_tokens
+    assert doc.startswith(p.source[:30])
+    short = generation.build_prompt(tok, "plain", "the quick brown fox", 64)
+    assert not short.truncated and short.source == "the quick brown fox"
+    with pytest.raises(InvalidInput, match="empty document"):
+        generation.build_prompt(tok, "plain", "  ", 64)
+    with pytest.raises(InvalidInput, match="raise max_input_tokens"):
+        generation.build_prompt(tok, "plain", doc, 12)
+
+
+def test_chat_prompt_needs_a_template(tiny):
+    _, tok = tiny
+    assert generation.prompt_mode(tok, "auto") == "plain"
+    with pytest.raises(InvalidInput, match="no chat template.*prompt: plain"):
+        generation.prompt_mode(tok, "chat", "tiny-llama")
+
+
+def greedy_without_cache(model, ids: list[int], steps: int) -> list[int]:
+    out = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([out])).logits[0, -1]
+            out.append(int(torch.argmax(logits)))
+    return out[len(ids):]
+
+
+def test_batched_cached_generation_equals_a_plain_greedy_loop(tiny):
+    model, tok = tiny
+    docs = ["the quick brown fox jumps over the lazy dog", "It was the best of times, it was the worst of times.",
+            "Numbers such as 10 and 2024 appear in text too, as do names and places and dates."]
+    records, cost = generation.generate_summaries(model, tok, docs, max_new_tokens=6, max_input_tokens=64,
+                                                  batch_size=2, progress=False)
+    newline, blank = generation._line_tokens(tok)
+    eos = {tok.eos_token_id, model.generation_config.eos_token_id} - {None}
+    for doc, record in zip(docs, records):
+        prompt = generation.build_prompt(tok, "plain", doc, 64).input_ids
+        expected = greedy_without_cache(model, prompt, 6)
+        cut, has_text = expected, False             # the documented stopping rules, applied by hand
+        for n, t in enumerate(expected):
+            if t in eos:
+                cut = expected[:n]
+                break
+            if newline[t] and has_text:
+                cut = expected[:n + 1]
+                break
+            has_text = has_text or not blank[t]
+        assert record["generated_tokens"] == len(cut)
+        assert record["generation"] == tok.decode(cut, skip_special_tokens=True)
+    assert cost["documents"] == 3 and cost["generated_tokens"] == sum(r["generated_tokens"] for r in records)
+    again, _ = generation.generate_summaries(model, tok, docs, max_new_tokens=6, max_input_tokens=64, batch_size=2,
+                                             progress=False)
+    assert [r["generation"] for r in again] == [r["generation"] for r in records]
+
+
+def test_line_end_criterion_stops_after_text_only():
+    newline = torch.tensor([False, True, False, True])       # ids 1 and 3 hold a line break; 3 is only "\n"
+    blank = torch.tensor([False, False, True, True])          # 2 is a space
+    stop = generation._LineEnd(1, newline, blank)
+    ids = torch.tensor([[9 % 4, 3, 2, 0], [0, 2, 0, 3], [0, 3, 3, 2]]).clamp(max=3)
+    assert stop(ids, None).tolist() == [False, True, False]
+
+
+def test_summary_is_the_first_sentence_of_the_first_line():
+    assert generation._cut("\n  The firm grew. It then fell.\nMore") == "The firm grew."
+    assert generation._cut("   ") == ""
+
+
+# -- datasets -----------------------------------------------------------------------------------------------
+
+def test_xsum_construction():
+    from calib_lib.data.summarization import xsum_pair
+    words = " ".join(["word"] * 60)
+    pair = xsum_pair("a/1.txt", f"Title here\n\nThe intro sentence of the story.\n\n{words}\n\nMore body.")
+    assert pair.reference == "The intro sentence of the story." and pair.document == f"{words}\n\nMore body."
+    assert xsum_pair("a/2.txt", "Title\n\nOnly an intro paragraph here.") is None
+
+
+def test_bbc_xsum_is_the_news_sources_held_out_part_and_never_in_a_pool():
+    from calib_lib.data.corpora import pypi_news
+    from calib_lib.data.summarization import get_dataset
+    data = get_dataset("bbc-xsum")
+    corpus = pypi_news()
+    pool = "\x00".join(corpus.pool)
+    assert 150 < len(data.documents) <= len(corpus.heldout)
+    for d in data.documents[:40]:
+        assert d.reference not in pool and d.document[:200] not in pool
+    assert [d.doc_id for d in data.documents] == sorted(d.doc_id for d in data.documents)
+
+
+def test_aclsum_pairs_and_detokenisation():
+    from calib_lib.data.summarization import aclsum_pair, detokenize, get_dataset
+    assert detokenize("a model , which ( 2 ) is n't bad .") == "a model, which (2) isn't bad."
+    record = {"id": "x", "summary": {"challenge": "C.", "approach": "A.", "outcome": "O."},
+              "sentences": {"abstract": ["We do it ."], "introduction": ["First , this ."], "conclusion": []}}
+    pair = aclsum_pair(record)
+    assert pair.reference == "C. A. O." and pair.document == "We do it.\n\nFirst, this."
+    data = get_dataset("aclsum")
+    assert len(data.documents) == 250 and all(d.document and d.reference for d in data.documents)
+
+
+def test_seeded_document_subset():
+    cfg = SummarizationEval(datasets=("bbc-xsum",), documents=5, seed=3)
+    a, b = selected_documents(cfg, "bbc-xsum"), selected_documents(cfg, "bbc-xsum")
+    assert [i for i, _ in a] == [i for i, _ in b] and len(a) == 5 and [i for i, _ in a] == sorted(i for i, _ in a)
+    assert [i for i, _ in selected_documents(SummarizationEval(documents=5, seed=4), "bbc-xsum")] != [i for i, _ in a]
+
+
+# -- specs, runs and the store ------------------------------------------------------------------------------
+
+SUMMARY = {"datasets": ["bbc-xsum"], "documents": 3, "max_new_tokens": 5, "max_input_tokens": 96, "batch_size": 2,
+           "nli_model": None}
+
+
+def spec_data(**suite):
+    return {"model": "tiny-llama", "method": {"name": "wanda", "sparsity": 0.5},
+            "calibration": {"source": "wikipedia", "num_samples": 2, "seq_len": 32},
+            "eval": {"name": "s", "ppl_texts": [], "tasks": [], **suite}}
+
+
+def test_suites_without_summaries_keep_their_keys_and_fields_are_checked():
+    from calib_lib.evaluate.suite import SUITES
+    from calib_lib.runs.spec import SpecError, parse_spec
+    assert "summarization" not in SUITES["quick"].to_dict()
+    plain = parse_spec(spec_data())
+    with_summaries = parse_spec(spec_data(summarization=SUMMARY))
+    assert plain.key != with_summaries.key and "summary_metrics" in with_summaries.versions()
+    assert "summary_metrics" not in plain.versions()
+    for bad, path in (({**SUMMARY, "documents": 0}, "eval.summarization.documents"),
+                      ({**SUMMARY, "datasets": ["xsum"]}, r"eval.summarization.datasets\[0\]"),
+                      ({**SUMMARY, "prompt": "shout"}, "eval.summarization.prompt"),
+                      ({**SUMMARY, "beams": 4}, "eval.summarization.beams")):
+        with pytest.raises(SpecError, match=path):
+            parse_spec(spec_data(summarization=bad))
+    with pytest.raises(SpecError, match="pruned vocabulary"):
+        parse_spec({**spec_data(summarization=SUMMARY), "vocabulary": "suite"})
+
+
+def test_a_run_stores_its_summaries_and_a_chat_prompt_without_template_stores_nothing(tmp_path):
+    from calib_lib.runs.spec import parse_spec
+    from calib_lib.runs.store import Store
+    from calib_lib.runs.sweep import run_specs
+    store = Store(tmp_path / "runs.sqlite", archive=tmp_path / "runs")
+    spec = parse_spec(spec_data(summarization=SUMMARY))
+    run_specs([spec], store, progress=False)
+    docs = store.summaries([spec.key])
+    assert len(docs) == 3 and set(docs["dataset"]) == {"bbc-xsum"} and docs["summary"].map(type).eq(str).all()
+    assert {"rouge1", "coverage", "entity_hallucination", "nli_consistency", "truncated"} <= set(docs.columns)
+    frame = store.frame()
+    nli_row = frame[(frame["kind"] == "summary") & (frame["metric"] == "nli_consistency")].iloc[0]
+    assert "not asked for" in nli_row["note"]
+    record = store.get(spec.key)
+    assert record["generation"]["bbc-xsum"]["documents"] == 3
+    with pytest.raises(Exception, match="no per-document|perplexity windows only|no task"):
+        store.choices([spec.key])
+    bad = parse_spec(spec_data(summarization={**SUMMARY, "prompt": "chat"}))
+    run_specs([bad], store, progress=False)
+    failed = store.get(bad.key)
+    assert failed["status"] != "done" and "no chat template" in json.dumps(failed)
+    with pytest.raises(Exception, match="no generated summaries|no per-document records"):
+        store.summaries([bad.key])
+
+
+# -- the rules on simulated nulls ---------------------------------------------------------------------------
+
+def _docs(effect: float, n_docs: int, rng, runs_per_method=2, noise=0.2):
+    rows = []
+    base = rng.uniform(0.2, 0.8, n_docs)
+    for d in range(n_docs):
+        rows.append({"model": "m", "dataset": "x", "method_label": "dense", "source": "none", "set_index": -1,
+                     "key": "dense", "doc_id": d, "coverage": base[d]})
+    for r in range(runs_per_method):
+        values = base + effect + rng.normal(0, noise, n_docs)
+        for d in range(n_docs):
+            rows.append({"model": "m", "dataset": "x", "method_label": "wanda 50%", "source": "news", "set_index": r,
+                         "key": f"w{r}", "doc_id": d, "coverage": values[d]})
+    return pd.DataFrame(rows)
+
+
+def test_claim_rule_rarely_holds_under_the_null_and_decides_with_enough_documents():
+    from calib_lib.study import summarization as s
+    metric = {"coverage": ("", +1, 0.03, "S2")}
+    rng = np.random.default_rng(0)
+    verdicts = [s.published_claims(_docs(0.0, 40, rng), metric)["verdict"].iloc[0] for _ in range(200)]
+    assert verdicts.count("holds") / len(verdicts) <= 0.05          # one-sided: ~2.5% expected
+    big = s.published_claims(_docs(0.1, 200, rng, noise=0.1), metric).iloc[0]
+    assert big["verdict"] == "holds" and big["effect_low"] > 0
+    none = s.published_claims(_docs(0.0, 400, rng, noise=0.05), metric).iloc[0]
+    assert none["verdict"] == "does not hold" and none["effect_high"] < 0.03
+    small = s.published_claims(_docs(0.0, 10, rng, noise=0.3), metric).iloc[0]
+    assert small["verdict"] == "cannot decide" and small["documents_needed"] > 10
+
+
+def test_source_rule_rarely_finds_an_effect_under_the_null():
+    from calib_lib.study import summarization as s
+    metric = {"coverage": ("", +1, 0.03, "S2")}
+    rng = np.random.default_rng(1)
+    found = 0
+    for _ in range(300):
+        runs = pd.DataFrame([{"model": "m", "dataset": "x", "method_label": "wanda 50%", "source": src,
+                              "set_index": k, "coverage": rng.normal(0.8, 0.02)}
+                             for src in ("news", "code", "wikipedia") for k in range(3)])
+        found += s.source_effect(runs, metric)["verdict"].iloc[0] == "holds"
+    assert found / 300 <= 0.075
+    one_set = pd.DataFrame([{"model": "m", "dataset": "x", "method_label": "w", "source": src, "set_index": 0,
+                             "coverage": 0.5} for src in ("news", "code")])
+    row = s.source_effect(one_set, metric).iloc[0]
+    assert row["verdict"] == "cannot decide" and "one set per source" in row["note"]
