@@ -272,6 +272,7 @@ def runs_figure(runs: pd.DataFrame, metrics: list[str], title: str, subtitle: st
                 ax.scatter(xs, pts[metric], color=colours[s % len(colours)], s=18,
                            label=source if row == col == 0 else None)
             ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+            ax.set_xlim(-0.5, max(len(methods), 1) - 0.5)
             ax.set_title(f"{metric} · {model} / {dataset}", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
@@ -305,16 +306,20 @@ def summarization_finding(claims: pd.DataFrame, sources: pd.DataFrame) -> str:
     if claims.empty:
         return "No summarization runs are finished: nothing to conclude."
     parts = [_claim_sentence(claims, "S1"), _claim_sentence(claims, "S2")]
-    if not sources.empty:
-        counts = sources["verdict"].value_counts()
-        holds = sources[sources["verdict"] == "holds"]
-        text = (f"Calibration source: {counts.get('holds', 0)} of {len(sources)} comparisons show a source effect "
+    testable = sources[sources["verdict"] != "untestable"] if not sources.empty else sources
+    if not sources.empty and testable.empty:
+        parts.append("Calibration source: untestable here (one source per method; the question needs several sets "
+                     "of several sources, as the standard profile draws).")
+    elif not testable.empty:
+        counts = testable["verdict"].value_counts()
+        holds = testable[testable["verdict"] == "holds"]
+        text = (f"Calibration source: {counts.get('holds', 0)} of {len(testable)} comparisons show a source effect "
                 f"beyond set-to-set variation, {counts.get('does not hold', 0)} exclude one larger than the margin, "
-                f"{counts.get('cannot decide', 0) + counts.get('untestable', 0)} cannot decide")
+                f"{counts.get('cannot decide', 0)} cannot decide")
         if not holds.empty:
             text += " (" + "; ".join(f"{r.method_label} {r.metric} on {r.model}/{r.dataset}: {r.highest} vs {r.lowest} "
                                      f"{r.gap:+.3f}" for r in holds.itertuples()) + ")"
-        needed = sources["sets_needed"].dropna() if "sets_needed" in sources else pd.Series(dtype=float)
+        needed = testable["sets_needed"].dropna() if "sets_needed" in testable else pd.Series(dtype=float)
         if not needed.empty:
             text += f"; about {int(needed.max())} sets per source would decide the rest"
         parts.append(text + ".")
@@ -356,6 +361,14 @@ def run_summaries(session, models=None) -> tuple[list, pd.DataFrame, pd.DataFram
         session.run(grid)
     docs = pd.concat([summary_documents(session.store, g) for g in grids], ignore_index=True)
     return grids, docs, run_means(docs)
+
+
+def short_settings(profile) -> str:
+    """A figure subtitle's part: documents, datasets, decoding."""
+    from ..evaluate.summarization import SummarizationEval
+    cfg = SummarizationEval(**(profile.summary_eval or {}))
+    return (f"{cfg.documents or 'all'} documents of {', '.join(cfg.datasets)}; greedy, <= {cfg.max_new_tokens} new "
+            f"tokens; calibration {profile.num_samples} x {profile.seq_len}")
 
 
 def evaluation_settings(profile) -> str:
