@@ -29,8 +29,12 @@ def test_the_plan_holds_every_run_the_notebooks_need_once():
 def test_the_plan_puts_baselines_and_the_claims_pair_first_and_one_model_after_the_other():
     cfg = study.get_profile("standard")
     frame = study.plan(cfg)
+    summaries = frame[frame["tier"] == 4]
+    assert set(summaries["grid"]) == {"summarization"} and set(summaries["model"]) == set(cfg.summary_models)
+    assert summaries["order"].min() == len(frame) - len(summaries)                    # 08 last of all
     late = frame[frame["tier"] == 3]
-    assert set(late["grid"]) == {"selection"} and late["order"].min() == len(frame) - len(late)   # 09 last of all
+    assert set(late["grid"]) == {"selection"} and late["order"].max() < summaries["order"].min()   # then 09
+    assert late["order"].min() == len(frame) - len(summaries) - len(late)
     frame = frame[frame["tier"] < 3]
     first = frame[frame["model"] == cfg.model]
     assert first["order"].max() < frame[frame["model"] != cfg.model]["order"].min()
@@ -50,7 +54,7 @@ def test_a_second_model_gets_only_what_its_verdicts_read():
     assert gemma.self_methods == (profiles.SPARSEGPT_24,)
     assert profiles.findings_profile(cfg, cfg.model) is cfg
     frame = study.plan(cfg)
-    other = frame[frame["model"] == "gemma3-270m"]
+    other = frame[(frame["model"] == "gemma3-270m") & (frame["grid"] != "summarization")]   # 08: its own grid
     assert not set(other["grid"]) & set(plan_mod.NOTEBOOK_ONLY_GRIDS)
     labels = set(other["method_label"])
     assert "wanda 50%" not in labels and "awq 3-bit g128" not in labels

@@ -41,9 +41,12 @@ def test_sequence_length_grid_regimes():
 
 
 def test_every_grid_point_uses_the_profile_suite_and_model():
-    for make in study.GRIDS.values():
+    for name, make in study.GRIDS.items():
         for spec in make(TINY).specs:
-            assert spec.model == TINY.model and spec.suite.name == TINY.suite["name"]
+            # 08 scores only summaries: its own suite, with the profile's summary_eval
+            suite = f"summaries-{TINY.name}" if name == "summarization" else TINY.suite["name"]
+            assert spec.model == TINY.model and spec.suite.name == suite
+            assert (spec.suite.summarization is not None) == (name == "summarization")
 
 
 def test_profile_errors_name_the_fix():
