@@ -19,28 +19,37 @@ from calib_lib.models.tiny import build_tiny_model, build_tokenizer
 
 # -- metrics ------------------------------------------------------------------------------------------------
 
-def naive_fragments(document: list[str], summary: list[str]) -> list[list[str]]:
-    """Grusky et al.'s greedy cover written directly from the paper's definition: at each summary position, the
-    longest span starting there that is a contiguous sub-sequence of the document (searched as text)."""
-    joined = "\x00" + "\x00".join(document) + "\x00"
-    out, i = [], 0
+def algorithm_1(document: list[str], summary: list[str]) -> list[list[str]]:
+    """Grusky, Naaman & Artzi (2018), Algorithm 1, line by line (0-based): for each summary position i, scan the
+    document with j; on a match extend to <i', j'>, keep the longest, continue the scan at j'."""
+    fragments, i = [], 0
     while i < len(summary):
-        k = 0
-        while i + k < len(summary) and ("\x00" + "\x00".join(summary[i:i + k + 1]) + "\x00") in joined:
-            k += 1
-        if k:
-            out.append(summary[i:i + k])
-        i += max(k, 1)
-    return out
+        f, j = [], 0
+        while j < len(document):
+            if summary[i] == document[j]:
+                i2, j2 = i, j
+                while i2 < len(summary) and j2 < len(document) and summary[i2] == document[j2]:
+                    i2, j2 = i2 + 1, j2 + 1
+                if len(f) < i2 - i:
+                    f = summary[i:i2]
+                j = j2
+            else:
+                j += 1
+        i += max(len(f), 1)
+        if f:
+            fragments.append(f)
+    return fragments
 
 
-def test_fragments_agree_with_a_direct_re_derivation_on_random_texts():
+def test_fragments_follow_the_papers_algorithm_on_random_texts():
     rng = random.Random(0)
     vocab = list("abcdefg")
-    for _ in range(400):
-        doc = [rng.choice(vocab) for _ in range(rng.randint(0, 30))]
+    for _ in range(600):
+        doc = [rng.choice(vocab[:rng.randint(2, 7)]) for _ in range(rng.randint(0, 30))]
         summ = [rng.choice(vocab) for _ in range(rng.randint(1, 15))]
-        assert summary_metrics.fragments(doc, summ) == naive_fragments(doc, summ)
+        assert summary_metrics.fragments(doc, summ) == algorithm_1(doc, summ)
+    # starts inside a match are not tried: the exhaustive longest match would be [a a b]
+    assert summary_metrics.fragments(list("aaab"), list("aab")) == [["a", "a"], ["b"]]
 
 
 def test_coverage_density_and_novel_ngrams_by_hand():
@@ -65,6 +74,9 @@ def test_rouge_and_entity_scores():
     got = summary_metrics.entity_scores(doc, ["tony blair", "London", "Paris", "2022"])
     assert (got["entities"], got["unsupported_entities"]) == (4, 2) and got["entity_hallucination"] == 0.5
     assert np.isnan(summary_metrics.entity_scores(doc, [])["entity_hallucination"])
+    # word boundaries: "10" is not in "100", "May" not in "mayor"; an entity without a word is not counted
+    got = summary_metrics.entity_scores("In 2010 the mayor spent 100 dollars.", ["10", "May", "2010", "$"])
+    assert (got["entities"], got["unsupported_entities"]) == (3, 2)
 
 
 def test_the_recogniser_finds_entities_offline():
@@ -76,6 +88,8 @@ def test_the_recogniser_finds_entities_offline():
 def test_sentences():
     assert summary_metrics.sentences("He left. She stayed at 3.5 p.m. today! Why? OK") == [
         "He left.", "She stayed at 3.5 p.m. today!", "Why?", "OK"]
+    assert summary_metrics.sentences('He said "Go." Then (it rained.) Next') == ['He said "Go."', "Then (it rained.)",
+                                                                              "Next"]
 
 
 # -- NLI ----------------------------------------------------------------------------------------------------
@@ -142,7 +156,7 @@ def test_truncation_keeps_the_head_and_counts_it(tiny):
     assert not short.truncated and short.source == "the quick brown fox"
     with pytest.raises(InvalidInput, match="empty document"):
         generation.build_prompt(tok, "plain", "  ", 64)
-    with pytest.raises(InvalidInput, match="raise max_input_tokens"):
+    with pytest.raises(InvalidInput, match="allow at least"):
         generation.build_prompt(tok, "plain", doc, 12)
 
 
@@ -298,6 +312,43 @@ def test_a_run_stores_its_summaries_and_a_chat_prompt_without_template_stores_no
         store.summaries([bad.key])
 
 
+def test_a_sweep_with_a_named_nli_model_that_is_missing_starts_no_run(tmp_path):
+    from calib_lib.runs.spec import parse_spec
+    from calib_lib.runs.store import Store
+    from calib_lib.runs.sweep import run_specs
+    store = Store(tmp_path / "runs.sqlite", archive=tmp_path / "runs")
+    spec = parse_spec(spec_data(summarization={**SUMMARY, "nli_model": str(tmp_path / "missing-nli")}))
+    with pytest.raises(Unavailable, match="NLI model .*missing-nli cannot be loaded"):
+        run_specs([spec], store, progress=False)
+    assert store.get(spec.key) is None and not list((tmp_path / "runs").glob("*.zip"))
+
+
+def test_a_sweep_refuses_only_the_runs_whose_summaries_cannot_be_scored(tmp_path):
+    from calib_lib.runs.spec import parse_spec
+    from calib_lib.runs.store import Store
+    from calib_lib.runs.sweep import run_specs
+    store = Store(tmp_path / "runs.sqlite", archive=tmp_path / "runs")
+    good = parse_spec(spec_data())
+    bad = parse_spec(spec_data(summarization={**SUMMARY, "nli_model": str(tmp_path / "missing-nli")}))
+    with pytest.warns(UserWarning, match="refused before starting"):
+        summary = run_specs([good, bad], store, progress=False)
+    assert summary["done"] == 1 and summary["failed"] == 1
+    assert store.get(good.key)["status"] == "done" and "missing-nli" in store.get(bad.key)["error"]
+
+
+def test_auto_nli_is_decided_when_the_spec_is_made(monkeypatch):
+    from calib_lib.evaluate import nli as nli_module
+    from calib_lib.runs.spec import parse_spec
+    monkeypatch.setattr(nli_module, "auto_choice", lambda: (None, "not cached, hub unreachable"))
+    offline = parse_spec(spec_data(summarization={**SUMMARY, "nli_model": "auto"}))
+    assert offline.suite.summarization.nli_model is None
+    assert offline.key == parse_spec(spec_data(summarization={**SUMMARY, "nli_model": None})).key
+    assert "hub unreachable" in offline.suite.summarization._nli_unavailable
+    monkeypatch.setattr(nli_module, "auto_choice", lambda: (nli_module.DEFAULT_NLI_MODEL, ""))
+    online = parse_spec(spec_data(summarization={**SUMMARY, "nli_model": "auto"}))
+    assert online.suite.summarization.nli_model == nli_module.DEFAULT_NLI_MODEL and online.key != offline.key
+
+
 # -- the rules on simulated nulls ---------------------------------------------------------------------------
 
 def _docs(effect: float, n_docs: int, rng, runs_per_method=2, noise=0.2):
@@ -324,8 +375,10 @@ def test_claim_rule_rarely_holds_under_the_null_and_decides_with_enough_document
     assert big["verdict"] == "holds" and big["effect_low"] > 0
     none = s.published_claims(_docs(0.0, 400, rng, noise=0.05), metric).iloc[0]
     assert none["verdict"] == "does not hold" and none["effect_high"] < 0.03
-    small = s.published_claims(_docs(0.0, 10, rng, noise=0.3), metric).iloc[0]
-    assert small["verdict"] == "cannot decide" and small["documents_needed"] > 10
+    small = s.published_claims(_docs(0.0, 12, rng, noise=0.3), metric).iloc[0]
+    assert small["verdict"] == "cannot decide" and small["documents_needed"] > 12
+    few = s.published_claims(_docs(0.3, s.MIN_DOCUMENTS - 1, rng, noise=0.01), metric).iloc[0]
+    assert few["verdict"] == "cannot decide" and "fewer than" in few["note"]
 
 
 def test_source_rule_rarely_finds_an_effect_under_the_null():

@@ -71,27 +71,30 @@ def build_prompt(tokenizer, mode: str, document: str, limit: int) -> Prompted:
     overhead = len(_encode(tokenizer, mode, ""))
     budget = limit - overhead
     if budget < MIN_DOCUMENT_TOKENS:
-        raise InvalidInput(f"max_input_tokens {limit} leaves {budget} tokens for the document after the "
-                           f"{overhead}-token prompt; raise max_input_tokens to at least {overhead + MIN_DOCUMENT_TOKENS}")
+        raise InvalidInput(f"a prompt limit of {limit} tokens (max_input_tokens, or the context less max_new_tokens) "
+                           f"leaves {budget} tokens for the document after the {overhead}-token prompt; allow at least "
+                           f"{overhead + MIN_DOCUMENT_TOKENS}")
     keep = min(len(doc_ids), budget)
     while True:
         source = document if keep == len(doc_ids) else tokenizer.decode(doc_ids[:keep]).strip()
         ids = _encode(tokenizer, mode, source)
-        if len(ids) <= limit:                    # re-encoding decoded text can add a token or two
+        if len(ids) <= limit or keep == 0:       # re-encoding decoded text can add a token or two
             return Prompted(ids, len(doc_ids), keep, source)
-        keep -= len(ids) - limit
+        keep = max(0, keep - (len(ids) - limit))
 
 
-_LINE_TOKENS: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_LINE_TOKENS: dict[int, tuple] = {}
 
 
 def _line_tokens(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids whose text holds a line break, ids whose text is only whitespace), as boolean masks over the vocabulary."""
-    key = id(tokenizer)
-    if key not in _LINE_TOKENS:
+    """(ids whose text holds a line break, ids whose text is only whitespace), as boolean masks over the
+    tokenizer's vocabulary (an id beyond it, which a model with a padded vocabulary may emit, counts as text)."""
+    entry = _LINE_TOKENS.get(id(tokenizer))
+    if entry is None or entry[0] is not tokenizer:      # an id can be reused by another tokenizer later
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        _LINE_TOKENS[key] = (torch.tensor(["\n" in t for t in texts]), torch.tensor([not t.strip() for t in texts]))
-    return _LINE_TOKENS[key]
+        entry = (tokenizer, torch.tensor(["\n" in t for t in texts]), torch.tensor([not t.strip() for t in texts]))
+        _LINE_TOKENS[id(tokenizer)] = entry
+    return entry[1], entry[2]
 
 
 class _LineEnd:
@@ -104,10 +107,11 @@ class _LineEnd:
         new = input_ids[:, self.start:].cpu()
         if new.shape[1] == 0:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        known = new < len(self.newline)                  # ids beyond the tokenizer: text, no line break
         new = new.clamp(max=len(self.newline) - 1)
-        has_text = (~self.blank[new]).long().cumsum(dim=1) > 0
+        has_text = (~(self.blank[new] & known)).long().cumsum(dim=1) > 0
         before = torch.cat([torch.zeros_like(has_text[:, :1]), has_text[:, :-1]], dim=1)
-        return (self.newline[new] & before).any(dim=1).to(input_ids.device)
+        return (self.newline[new] & known & before).any(dim=1).to(input_ids.device)
 
 
 def _cut(text: str) -> str:
@@ -123,8 +127,10 @@ def generate_summaries(model, tokenizer, documents: list[str], *, max_new_tokens
                        max_input_tokens: int = 512, prompt: str = "auto", batch_size: int = 8,
                        progress: bool = True, model_name: str = "the model") -> tuple[list[dict], dict]:
     """One record per document (in order): ``summary``, ``generation`` (the raw new text), ``source`` (the
-    document as the model saw it), ``input_tokens``, ``document_tokens``, ``truncated``, ``generated_tokens``,
-    ``stopped`` (eos | line | limit); and the cost (seconds, prompt and generated tokens, tokens per second)."""
+    document as the model saw it), ``input_tokens``, ``document_tokens``, ``truncated``, ``generated_tokens``
+    (up to and with the stop), ``stopped`` (eos | line | limit); and the cost: seconds, prompt tokens, the
+    generated tokens kept and their rate per second (a batch decodes until its last row stops, so the steps
+    run can exceed them)."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     from ..models.context import context_length

@@ -6,9 +6,11 @@ sentences (-1: contradicted, +1: entailed). SummaC's default model is ``tals/alb
 (VitaminC + MNLI); any Hugging Face sequence-classification NLI model works when its labels name entailment
 and contradiction (or ``NLI_LABELS`` says which outputs they are).
 
-The model comes from the hub or its local cache (or a local folder). Offline without it, ``load_nli`` says why:
-a suite with ``nli_model: auto`` then records the metric as unavailable, one that names a model is refused
-before the run starts (``check_nli``).
+The model comes from the hub or its local cache (or a local folder). ``nli_model: auto`` is decided when the
+spec is made (``auto_choice``): the default model where it can be loaded, else no NLI score, recorded as
+unavailable with the reason; the choice is part of the run's key, so a run scored without NLI is never taken
+for one scored with it. A model named explicitly is required: a sweep refuses it before any run starts when it
+cannot load (``check_nli``).
 """
 from __future__ import annotations
 
@@ -53,11 +55,26 @@ def load_nli(name: str):
         kwargs = {} if local or hub_reachable() else {"local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
         model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs).eval()
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ImportError) as err:     # ImportError: a tokenizer needing sentencepiece
         where = "the folder" if local else "the Hugging Face hub or its local cache"
         raise Unavailable(f"NLI model {name} cannot be loaded from {where} ({str(err).splitlines()[0][:120]})") from err
     entail, contra = _label_indices(name, model.config)
     return tokenizer, model, entail, contra
+
+
+def auto_choice() -> tuple[str | None, str]:
+    """What ``nli_model: auto`` means on this machine, decided when a spec is made (so that a run's key says
+    whether NLI was scored): (DEFAULT_NLI_MODEL, "") when its files are in the local Hugging Face cache or the
+    hub is reachable, else (None, why not)."""
+    from ..net import hub_reachable
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = isinstance(try_to_load_from_cache(DEFAULT_NLI_MODEL, "config.json"), str)
+    except Exception:                              # an old or unusual hub client: ask the network instead
+        cached = False
+    if cached or hub_reachable():
+        return DEFAULT_NLI_MODEL, ""
+    return None, f"{DEFAULT_NLI_MODEL} is not in the local Hugging Face cache and the hub is unreachable"
 
 
 def check_nli(name: str | None) -> None:

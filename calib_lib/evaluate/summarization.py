@@ -3,7 +3,8 @@
 A suite's ``summarization`` field (``SummarizationEval``) asks for it; ``score_summaries`` generates
 (``generation.py``), scores every document (``summary_metrics.py``, ``ner.py``, ``nli.py``) and returns tidy
 metric records (kind ``summary``, name the dataset: means over documents with their standard errors, and the
-truncation count), the generation cost and one ``summary`` document block (per document: every metric, the token counts, the
+truncation count), the generation cost per dataset (with the dataset's content digest) and one ``summary``
+document block per dataset (per document: its index and stable name, every metric, the token counts, the
 summary and the raw generation), which the store keeps with the run (``Store.summaries()``).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .generation import PROMPTS
 SUMMARY_NUMBERS = ("rouge1", "rouge2", "rougeL", "coverage", "density", "compression", "novel_1grams",
                    "novel_2grams", "novel_3grams", "entities", "unsupported_entities", "entity_hallucination",
                    "nli_consistency", "input_tokens", "document_tokens", "truncated", "generated_tokens")
-SUMMARY_TEXTS = ("summary", "generation", "stopped")
+SUMMARY_TEXTS = ("doc_name", "summary", "generation", "stopped")
 # The metrics whose mean over documents becomes a run's metric record ("summary/<dataset>/<metric>").
 SUMMARY_MEANS = ("rouge1", "rouge2", "rougeL", "coverage", "density", "novel_1grams", "novel_2grams", "novel_3grams",
                  "entity_hallucination", "nli_consistency", "generated_tokens")
@@ -35,8 +36,9 @@ class SummarizationEval:
     max_input_tokens: int = 512       # the whole prompt; a longer document keeps its head (generation.py)
     prompt: str = "auto"              # auto (the chat template where the model has one) | chat | plain
     batch_size: int = 8
-    nli_model: str | None = "auto"    # auto: SummaC's model where it loads, else recorded unavailable; None: not
-                                      # scored; a name or folder: required (refused before the run when missing)
+    nli_model: str | None = "auto"    # auto: SummaC's model where this machine can load it, else none (decided when
+                                      # the spec is made, so the key says which: nli.auto_choice); None: not
+                                      # scored; a name or folder: required (a sweep refuses it when missing)
     seed: int = 1234
 
     def __post_init__(self):
@@ -64,6 +66,11 @@ class SummarizationEval:
                                                           f"{' or null' if nullable else ''}, got {value!r}")
         if self.nli_model is not None and (not isinstance(self.nli_model, str) or not self.nli_model.strip()):
             raise FieldError("summarization.nli_model", f"give auto, null or a model name, got {self.nli_model!r}")
+        if self.nli_model == "auto":
+            from .nli import auto_choice
+            choice, why = auto_choice()
+            object.__setattr__(self, "nli_model", choice)
+            object.__setattr__(self, "_nli_unavailable", why)     # not a field: neither in the key nor compared
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -93,16 +100,30 @@ def selected_documents(cfg: SummarizationEval, dataset: str) -> list[tuple[int, 
     return [(int(i), docs[int(i)]) for i in chosen]
 
 
+def check_resources(cfg: SummarizationEval | None) -> None:
+    """What a sweep refuses before any of its runs starts (nothing is stored): a dataset unavailable here, the
+    entity recogniser or ROUGE missing, a named NLI model that cannot load."""
+    if cfg is None:
+        return
+    from .ner import recognizer
+    from .nli import check_nli
+    for dataset in cfg.datasets:
+        selected_documents(cfg, dataset)
+    recognizer()
+    import importlib.util
+    if importlib.util.find_spec("rouge_score") is None:
+        from ..errors import Unavailable
+        raise Unavailable("ROUGE needs rouge-score; pip install rouge-score==0.1.2 (in requirements.txt)")
+    check_nli(cfg.nli_model)
+
+
 def check_summarization(cfg: SummarizationEval | None, tokenizer, model_name: str = "the model") -> None:
     """Everything that can be refused before a run computes: the data, the prompt, a named NLI model."""
     if cfg is None:
         return
     from .generation import prompt_mode
-    from .nli import check_nli
-    for dataset in cfg.datasets:
-        selected_documents(cfg, dataset)
+    check_resources(cfg)
     prompt_mode(tokenizer, cfg.prompt, model_name)
-    check_nli(cfg.nli_model)
 
 
 def score_summaries(model, tokenizer, cfg: SummarizationEval, *, progress: bool = False,
@@ -121,7 +142,6 @@ def score_summaries(model, tokenizer, cfg: SummarizationEval, *, progress: bool 
 
 
 def _score_dataset(model, tokenizer, cfg: SummarizationEval, dataset: str, progress: bool, model_name: str):
-    from ..errors import Unavailable
     from . import nli, summary_metrics
     from .ner import recognizer
     from .records import DocumentBlock
@@ -133,7 +153,7 @@ def _score_dataset(model, tokenizer, cfg: SummarizationEval, dataset: str, progr
     ner = recognizer()
     summary_entities = ner.entities([g["summary"] for g in generated])
     for (index, doc), gen, ents in zip(chosen, generated, summary_entities):
-        row = {"doc_id": index, **summary_metrics.lexical_scores(gen["source"], doc.reference, gen["summary"]),
+        row = {"doc_id": index, "doc_name": doc.doc_id, **summary_metrics.lexical_scores(gen["source"], doc.reference, gen["summary"]),
                **summary_metrics.entity_scores(gen["source"], ents)}
         row.update({k: gen[k] for k in ("input_tokens", "document_tokens", "truncated", "generated_tokens",
                                         "summary", "generation", "stopped")})
@@ -141,14 +161,10 @@ def _score_dataset(model, tokenizer, cfg: SummarizationEval, dataset: str, progr
     nli_note = None
     values = np.full(len(rows), np.nan)
     if cfg.nli_model is None:
-        nli_note = "not asked for (nli_model: null)"
+        why = getattr(cfg, "_nli_unavailable", "")
+        nli_note = f"unavailable here (nli_model auto): {why}" if why else "not asked for (nli_model: null)"
     else:
-        try:
-            values = nli.consistency([(g["source"], g["summary"]) for g in generated], cfg.nli_model)
-        except Unavailable as err:
-            if cfg.nli_model != "auto":
-                raise
-            nli_note = f"unavailable: {err}"
+        values = nli.consistency([(g["source"], g["summary"]) for g in generated], cfg.nli_model)
     for row, value in zip(rows, values):
         row["nli_consistency"] = float(value)
     columns = {"doc_id": np.asarray([r["doc_id"] for r in rows], dtype=np.int64)}
@@ -175,7 +191,9 @@ def _score_dataset(model, tokenizer, cfg: SummarizationEval, dataset: str, progr
     seconds = time.time() - started
     for record in records:
         record["seconds"] = seconds
-    cost = {**cost, "scoring_seconds": seconds - cost["seconds"], "total_seconds": seconds}
+    from ..data.summarization import get_dataset
+    cost = {**cost, "scoring_seconds": seconds - cost["seconds"], "total_seconds": seconds,
+            "dataset_digest": get_dataset(dataset).digest}
     return records, block, cost
 
 

@@ -5,13 +5,14 @@
 - **Extractive fragments** (Grusky, Naaman & Artzi, 2018, "Newsroom", Algorithm 1): the summary is covered
   greedily, left to right, by the longest token spans it shares with the document. *Coverage* is the share of
   summary tokens inside a shared fragment (1: every word copied), *density* the mean squared fragment length
-  per summary token (how long the copied runs are: 1-2 abstractive, >10 extractive), *compression* document
-  tokens per summary token. Tokens: lower-cased words (``\\w+``).
+  per summary token (how long the copied runs are), *compression* document tokens per summary token. Tokens:
+  lower-cased words (``\\w+``): punctuation is not a token here, where the paper's spaCy tokens include it, so
+  its density thresholds are not directly comparable.
 - **Novel n-grams**: the share of the summary's n-gram occurrences (n = 1, 2, 3) that never occur in the
   document (XSum's measure of abstraction).
 - **Entity faithfulness** (Nan et al., 2021, "entity-level factual consistency", precision against the
-  source): the named entities of the summary whose text does not occur in the document (case-insensitive,
-  whitespace-normalised), as a share of the summary's entities (NaN for a summary without entities); the
+  source): the named entities of the summary whose words do not occur, consecutively, in the document
+  (case-insensitive, on word boundaries), as a share of the summary's entities (NaN for a summary without entities); the
   recogniser is named by ``ner.py``.
 - **NLI consistency** (Laban et al., 2022, SummaC-ZS): per summary sentence, the largest P(entailment) -
   P(contradiction) of an NLI model over the document's sentences, averaged over the summary's sentences
@@ -26,10 +27,12 @@ from collections import defaultdict
 
 import numpy as np
 
-SUMMARY_METRICS_VERSION = 1
+SUMMARY_METRICS_VERSION = 2
+# 2: fragments as the paper's pseudo-code (a match's inner starts skipped); entities matched on word boundaries
 
 _WORD = re.compile(r"\w+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+# a sentence ends after . ! or ? (and a closing quote or bracket, kept with it) before a capital or a digit
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 def words(text: str) -> list[str]:
@@ -47,20 +50,24 @@ def sentences(text: str) -> list[str]:
 
 
 def fragments(document: list[str], summary: list[str]) -> list[list[str]]:
-    """Grusky et al.'s greedy extractive fragments of ``summary`` in ``document`` (token lists): at each
-    summary position the longest span starting there that also occurs in the document (the first such in the
-    document on ties), then on after it; a word that occurs nowhere is skipped."""
+    """Grusky et al.'s greedy extractive fragments of ``summary`` in ``document`` (token lists), as the paper's
+    Algorithm 1 (and the newsroom code) computes them: at summary position i the document is scanned left to
+    right; at a match the shared span is extended as far as it goes, kept if it is the longest so far, and the
+    scan resumes where the span ended (starts inside a match are not tried); then i moves past the longest span
+    (or one word when there is none). A word that occurs nowhere is skipped."""
     positions = defaultdict(list)
     for j, token in enumerate(document):
         positions[token].append(j)
     found, i = [], 0
     while i < len(summary):
-        best = 0
+        best, resume = 0, 0
         for j in positions.get(summary[i], ()):
+            if j < resume:                      # inside the previous match: the scan has moved past it
+                continue
             k = 0
             while i + k < len(summary) and j + k < len(document) and summary[i + k] == document[j + k]:
                 k += 1
-            best = max(best, k)
+            best, resume = max(best, k), j + k
         if best:
             found.append(summary[i:i + best])
         i += max(best, 1)
@@ -99,15 +106,13 @@ def rouge(reference: str, summary: str) -> dict:
     return {name: float(scores[name].fmeasure) for name in ("rouge1", "rouge2", "rougeL")}
 
 
-def _normalised(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def entity_scores(document: str, summary_entities: list[str]) -> dict:
-    """How many of the summary's entities are not in the document (text match, case and spacing ignored)."""
-    source = _normalised(document)
-    entities = [e for e in (_normalised(x) for x in summary_entities) if e]
-    unsupported = sum(e not in source for e in entities)
+    """How many of the summary's entities are not in the document: an entity is supported when its words occur
+    in the document as consecutive words (lower-cased ``\\w+`` tokens, so "10" is not found in "100" nor "May"
+    in "mayor"); an entity without a word character is not counted."""
+    source = " " + " ".join(words(document)) + " "
+    entities = [e for e in (" ".join(words(x)) for x in summary_entities) if e]
+    unsupported = sum(f" {e} " not in source for e in entities)
     return {"entities": len(entities), "unsupported_entities": unsupported,
             "entity_hallucination": unsupported / len(entities) if entities else np.nan}
 

@@ -451,6 +451,9 @@ class Store:
             part.insert(0, "label", label)
             part.insert(0, "key", key)
             parts.append(part)
+        if not parts:
+            raise StoreError(f"{self.path} has only generated summaries for the runs asked for, no scored tasks or "
+                             "windows: read them with Store.summaries()")
         return pd.concat(parts, ignore_index=True)
 
     def summaries(self, keys=None):

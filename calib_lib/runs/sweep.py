@@ -19,6 +19,7 @@ import itertools
 import os
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import yaml
@@ -143,6 +144,9 @@ def run_specs(specs: list[RunSpec], store: Store, backend: str = "local", addres
     summary = {"total": len(specs), "cached": len(pending["done"]), "done": 0, "failed": 0}
     if not todo:
         return summary
+    todo = _check_before_runs(todo, store, summary)
+    if not todo:
+        return summary
     with store.claimant() as me, tqdm(total=len(todo), desc="runs" if backend == "local" else "runs (ray)",
                                       disable=not progress, file=progress_file) as bar:
         if backend == "local":
@@ -152,6 +156,33 @@ def run_specs(specs: list[RunSpec], store: Store, backend: str = "local", addres
             _run_ray(_claimed(todo, store, me, started, summary, bar, batch=None), store, address, summary,
                      bar, num_cpus)
     return summary
+
+
+def _check_before_runs(specs: list[RunSpec], store: Store, summary: dict) -> list[RunSpec]:
+    """What would fail every run of a kind, found before any run starts (``evaluate.summarization.check_resources``:
+    a summarization dataset unavailable here, the entity recogniser missing, a named NLI model that does not load).
+    When every run would fail, the first reason is raised and nothing is stored; otherwise those runs are recorded
+    as failed with their reason (so a notebook names them) and the others go on. Returns the runs to compute."""
+    from ..evaluate.summarization import check_resources
+    refused: dict = {}
+    for cfg in {s.suite.summarization for s in specs if s.suite.summarization is not None}:
+        try:
+            check_resources(cfg)
+        except Exception as err:         # Unavailable, InvalidInput, a damaged download: named in the record
+            refused[cfg] = err
+    if not refused:
+        return specs
+    bad = [s for s in specs if s.suite.summarization in refused]
+    if len(bad) == len(specs):
+        raise next(iter(refused.values()))
+    for spec in bad:
+        err = refused[spec.suite.summarization]
+        store.put(spec.key, "failed", spec.label(), spec.normalized(),
+                  {"error": f"{type(err).__name__}: {err}", "traceback": "", "metrics": []})
+        summary["failed"] += 1
+    warnings.warn(f"{len(bad)} run(s) scoring summaries refused before starting: {next(iter(refused.values()))}",
+                  stacklevel=3)
+    return [s for s in specs if s.suite.summarization not in refused]
 
 
 def _claimed(todo, store: Store, me, since: float, summary: dict, bar, batch: int | None):

@@ -45,8 +45,8 @@ def _reference_statistics(model_name: str, dtype: str, suite_json: str):
 
 
 def _suite_json(spec) -> str:
-    from dataclasses import asdict
-    return json.dumps(asdict(spec.suite), sort_keys=True, default=list)
+    # Suite.to_dict: the dict every cached diagnostic was keyed by (no 'summarization' field when it has none)
+    return json.dumps(spec.suite.to_dict(), sort_keys=True, default=list)
 
 
 def set_model_diagnostics(spec, expected_fingerprint: str | None = None) -> dict:

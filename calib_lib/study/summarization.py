@@ -2,15 +2,22 @@
 do their summaries lean on the source more, and does the calibration data change either?
 
 Per-document records (``Store.summaries()``) make every comparison paired: the dense model and every pruned run
-summarise the same documents. A method's value on a document is its mean over the method's runs (every source
-and set the grid drew), compared with the dense model's on that document.
+summarise the same documents (their stable names and the dataset's digest are checked). A method's value on a
+document is its mean over the method's runs (every source and set the grid drew), compared with the dense
+model's on that document: the claim is about pruning with *these* calibration sets (the source rule below is
+where the sets' own variation is weighed). A document enters a comparison only where both sides have a value:
+an empty summary has no coverage, no novel n-grams and no entities, so the share of empty summaries is reported
+beside every comparison (a model that degenerates is judged on the documents it answered).
 
 Rules (``published_claims``), per (model, dataset, method, metric): the effect is the pruned-minus-dense mean,
 signed so that the claimed direction is positive, with a 95% paired bootstrap interval over documents.
-**holds**: the interval lies above 0 (the claimed direction, beyond the documents' noise); **does not hold**: the
-interval lies below the smallest effect of interest (``margin``: the data exclude an effect that large in the
-claimed direction, the other direction included); otherwise **cannot decide**, with the documents that would
-(the interval's half-width shrinks as 1/sqrt(n); at half the margin one of the two always follows).
+**holds**: the interval lies above 0 (the claimed direction, beyond the documents' noise; noted when the whole
+interval is below the margin: real but smaller than the effect of interest); **does not hold**: the interval lies
+below the smallest effect of interest (``margin``: the data exclude an effect that large in the claimed
+direction, the other direction included); otherwise **cannot decide**, with the documents that would (the
+interval's half-width shrinks as 1/sqrt(n); at half the margin one of the two always follows). Fewer than
+``MIN_DOCUMENTS`` paired documents decide nothing (a percentile bootstrap of a handful covers far less than 95%).
+Each comparison is at 95% on its own: the finding says how many were made.
 
 Calibration source (``source_effect``), this project's own question: per (model, dataset, method, metric), the
 runs' means over documents grouped by source, with the sets as replicates (the question is whether a *source*
@@ -39,9 +46,10 @@ CLAIMS = {"S1": "pruned models hallucinate less than the dense model (fewer unsu
                 "consistency)",
           "S2": "pruned models' summaries overlap the source more (higher coverage, fewer novel bigrams)"}
 REPORTED = ("rouge1", "rouge2", "rougeL", "coverage", "density", "novel_1grams", "novel_2grams", "novel_3grams",
-            "entity_hallucination", "nli_consistency", "generated_tokens")
+            "entity_hallucination", "nli_consistency", "generated_tokens", "summary_words", "empty")
 ALPHA = 0.05
 SHOWN = 4            # decided comparisons the finding names one by one (the tables have them all)
+MIN_DOCUMENTS = 10   # paired documents below which a comparison decides nothing
 
 
 def summary_documents(store, grid) -> pd.DataFrame:
@@ -53,18 +61,48 @@ def summary_documents(store, grid) -> pd.DataFrame:
     if not done:
         return pd.DataFrame()
     docs = store.summaries(done)
+    _check_same_documents(store, done, docs)
     labels = pd.DataFrame([{"key": spec.key, **labels} for labels, spec in grid.points]).drop_duplicates("key")
-    return labels.merge(docs.drop(columns="label"), on="key", how="inner")
+    out = labels.merge(docs.drop(columns="label"), on="key", how="inner")
+    out["empty"] = (out["summary"].str.strip() == "").astype(float)
+    out["summary_words"] = out["summary"].map(lambda text: len(text.split())).astype(float)
+    return out
+
+
+def _check_same_documents(store, keys, docs: pd.DataFrame) -> None:
+    """Runs compared document by document must have read the same dataset: one content digest per dataset, and
+    one document name per index."""
+    from ..errors import InvalidInput
+    digests: dict[str, set] = {}
+    for key in keys:
+        for dataset, cost in (store.get(key).get("generation") or {}).items():
+            digests.setdefault(dataset, set()).add(cost.get("dataset_digest"))
+    changed = [d for d, found in digests.items() if len(found - {None}) > 1]
+    if changed:
+        raise InvalidInput(f"the runs read different versions of {changed}: their documents cannot be paired; rerun "
+                           "the older runs (bump SUMMARY_DATA_VERSION where the dataset's construction changed)")
+    if "doc_name" in docs:
+        names = docs.dropna(subset=["doc_name"]).groupby(["dataset", "doc_id"])["doc_name"].nunique()
+        if (names > 1).any():
+            raise InvalidInput("the runs name the same document index differently: their documents cannot be paired")
 
 
 def run_means(docs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, dataset): its labels and the mean of every reported metric over its documents, with the
-    count of truncated documents."""
+    """One row per (run, dataset): its labels, the mean of every reported metric over its documents, its standard
+    error (``se:<metric>``, SD / sqrt(documents with a value)) and 95% half-width (``half:<metric>``, t quantile),
+    the share of empty summaries (``empty``) and the count of truncated documents."""
     if docs.empty:
         return pd.DataFrame()
     by = ["model", "dataset", "method_label", "source", "set_index", "key"]
     present = [m for m in REPORTED if m in docs]
-    out = docs.groupby(by, sort=False)[present].mean().reset_index()
+    groups = docs.groupby(by, sort=False)[present]
+    out = groups.mean().reset_index()
+    counts = groups.count().reset_index(drop=True)
+    se = (groups.std(ddof=1) / np.sqrt(groups.count())).reset_index(drop=True)
+    for metric in present:
+        out[f"se:{metric}"] = se[metric].to_numpy()
+        dof = counts[metric].to_numpy() - 1.0
+        out[f"half:{metric}"] = se[metric].to_numpy() * sps.t.ppf(0.975, np.where(dof > 0, dof, np.nan))
     out["documents"] = docs.groupby(by, sort=False).size().values
     out["truncated"] = docs.groupby(by, sort=False)["truncated"].sum().values
     return out
@@ -93,6 +131,12 @@ def paired_effect(pruned: pd.Series, dense: pd.Series, direction: int, margin: f
     bootstrap interval and sign-flip p-value (``stats.paired_bootstrap``), the verdict and the documents needed."""
     joined = pd.concat({"a": pruned, "b": dense}, axis=1).dropna()
     n = len(joined)
+    if n < MIN_DOCUMENTS:
+        return {"documents": n, "pruned": float(joined["a"].mean()) if n else np.nan,
+                "dense": float(joined["b"].mean()) if n else np.nan, "difference": np.nan, "effect": np.nan,
+                "effect_low": np.nan, "effect_high": np.nan, "p_value": np.nan, "verdict": "cannot decide",
+                "documents_needed": None,
+                "note": f"{n} paired documents: fewer than {MIN_DOCUMENTS}, no interval is trusted"}
     test = stats.paired_bootstrap(joined["a"].to_numpy(), joined["b"].to_numpy(), seed=seed)
     difference = test.get("statistic", np.nan)
     bounds = sorted([direction * test.get("ci_low", np.nan), direction * test.get("ci_high", np.nan)])
@@ -103,7 +147,8 @@ def paired_effect(pruned: pd.Series, dense: pd.Series, direction: int, margin: f
             "dense": float(joined["b"].mean()) if n else np.nan, "difference": difference,
             "effect": direction * difference if np.isfinite(difference) else np.nan, "effect_low": low,
             "effect_high": high, "p_value": test.get("p_value", np.nan), "verdict": verdict,
-            "documents_needed": documents_needed(n, half, margin) if verdict == "cannot decide" else None}
+            "documents_needed": documents_needed(n, half, margin) if verdict == "cannot decide" else None,
+            "note": "smaller than the margin" if verdict == "holds" and high < margin else ""}
 
 
 def published_claims(docs: pd.DataFrame, metrics: dict = CLAIM_METRICS) -> pd.DataFrame:
@@ -118,13 +163,22 @@ def published_claims(docs: pd.DataFrame, metrics: dict = CLAIM_METRICS) -> pd.Da
             for metric, (what, direction, margin, claim) in metrics.items():
                 base = {"claim": claim, "model": model, "dataset": dataset, "method_label": method, "metric": metric,
                         "direction": "lower" if direction < 0 else "higher", "margin": margin,
-                        "runs": runs["key"].nunique()}
-                if metric not in part or dense.ngroups == 0 or part[metric].isna().all():
-                    note = ("the NLI model was unavailable" if metric == "nli_consistency" else "no values")
+                        "runs": runs["key"].nunique(), "scored": int(per_doc.ngroups),
+                        "empty_pruned": float(runs["empty"].mean()) if "empty" in runs else np.nan,
+                        "empty_dense": (float(part.loc[part["method_label"] == "dense", "empty"].mean())
+                                        if "empty" in part else np.nan)}
+                if metric not in part:
+                    rows.append({**base, "documents": 0, "verdict": "untestable", "note": "not recorded"})
+                    continue
+                sides = {"pruned": runs[metric], "dense": part.loc[part["method_label"] == "dense", metric]}
+                missing = [side for side, values in sides.items() if values.isna().all()]
+                if dense.ngroups == 0 or missing:
+                    note = ("the NLI model was not available to every run compared" if metric == "nli_consistency"
+                            else f"no values on the {' and '.join(missing) or 'dense'} side")
                     rows.append({**base, "documents": 0, "verdict": "untestable", "note": note})
                     continue
                 result = paired_effect(per_doc[metric].mean(), dense[metric].mean(), direction, margin)
-                rows.append({**base, **result, "note": ""})
+                rows.append({**base, **result})
     return pd.DataFrame(rows)
 
 
@@ -144,7 +198,9 @@ def source_effect(runs: pd.DataFrame, metrics: dict = CLAIM_METRICS, alpha: floa
                     "sources": len(groups), "sets": min((len(g) for g in groups.values()), default=0)}
             means = {s: float(g.mean()) for s, g in groups.items()}
             if len(groups) < 2:
-                rows.append({**base, "verdict": "untestable", "note": "needs two sources"})
+                note = ("no values (the NLI model was unavailable)" if metric == "nli_consistency" and not groups
+                        else "no values" if not groups else "needs two sources")
+                rows.append({**base, "verdict": "untestable", "note": note})
                 continue
             best, worst = max(means, key=means.get), min(means, key=means.get)
             base.update(highest=best, lowest=worst, gap=means[best] - means[worst])
@@ -250,8 +306,8 @@ def effects_figure(claims: pd.DataFrame, title: str, subtitle: str):
 
 
 def runs_figure(runs: pd.DataFrame, metrics: list[str], title: str, subtitle: str):
-    """One panel per metric: each run's mean over documents (dot, coloured by calibration source) per method,
-    the dense model as a dashed line; one row of panels per (model, dataset)."""
+    """One panel per metric: each run's mean over documents (dot, coloured by calibration source, with its 95%
+    interval over documents) per method, the dense model as a dashed line; one row of panels per (model, dataset)."""
     import matplotlib.pyplot as plt
     groups = list(runs.groupby(["model", "dataset"], sort=False).groups) if not runs.empty else [("", "")]
     fig, axes = plt.subplots(len(groups), len(metrics), figsize=(3.3 * len(metrics), 2.9 * len(groups)),
@@ -269,8 +325,9 @@ def runs_figure(runs: pd.DataFrame, metrics: list[str], title: str, subtitle: st
             for s, source in enumerate(sources):
                 pts = part[part["source"] == source]
                 xs = [methods.index(m) + (s - (len(sources) - 1) / 2) * 0.12 for m in pts["method_label"]]
-                ax.scatter(xs, pts[metric], color=colours[s % len(colours)], s=18,
-                           label=source if row == col == 0 else None)
+                ax.errorbar(xs, pts[metric], yerr=pts.get(f"half:{metric}", 0 * pts[metric]).fillna(0), fmt="o",
+                            ms=4, capsize=2, lw=0.8, color=colours[s % len(colours)],
+                            label=source if row == col == 0 else None)
             ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
             ax.set_xlim(-0.5, max(len(methods), 1) - 0.5)
             ax.set_title(f"{metric} · {model} / {dataset}", fontsize=8)
@@ -305,7 +362,16 @@ def summarization_finding(claims: pd.DataFrame, sources: pd.DataFrame) -> str:
     """The notebook's takeaway, generated from the two tables."""
     if claims.empty:
         return "No summarization runs are finished: nothing to conclude."
-    parts = [_claim_sentence(claims, "S1"), _claim_sentence(claims, "S2")]
+    tested = claims[claims["verdict"] != "untestable"]
+    parts = [f"{len(tested)} pruned-versus-dense comparisons, each at 95% on its own (no correction for their "
+             "number)."]
+    empty = claims.groupby(["model", "dataset", "method_label"])["empty_pruned"].first().dropna()
+    if (empty > 0.1).any():
+        worst = empty.idxmax()
+        parts.append(f"Empty summaries are common ({worst[2]} on {worst[0]}/{worst[1]}: {empty.max():.0%} of "
+                     "documents), and such documents leave the source comparisons: read those on the documents "
+                     "answered.")
+    parts += [_claim_sentence(claims, "S1"), _claim_sentence(claims, "S2")]
     testable = sources[sources["verdict"] != "untestable"] if not sources.empty else sources
     if not sources.empty and testable.empty:
         parts.append("Calibration source: untestable here (one source per method; the question needs several sets "
