@@ -30,7 +30,9 @@ SHORT = {"calibration.source": "source", "calibration.set_index": "set", "calibr
          "method_label": "method"}
 # the metrics offered, leading ones first: summaries, then per task and per text
 LEADING = ("kl:geomean", "ppl:geomean", "acc:mean", "top1:mean")
-PER_RUN_PREFIXES = ("acc:", "acc_norm:", "ppl:", "kl_mean:", "top1:")
+PER_RUN_PREFIXES = ("acc:", "acc_norm:", "ppl:", "kl_mean:", "top1:",
+                    # generated summaries (08), per dataset: means over its documents
+                    "rouge1:", "rouge2:", "rougeL:", "coverage:", "density:", "novel_2grams:", "entity_hallucination:")
 
 _loaded = False
 
