@@ -230,7 +230,7 @@ def cmd_study(args) -> int:
             print(summary.to_string(index=False))
             print(f"{len(frame)} runs in all, {int(summary['done'].sum())} done (tier 0: the dense model, baselines "
                   "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 read; 3: 09's selectors, "
-                  "after every model)")
+                  "after every model; 4: 08's summaries, last)")
             return 0
         store = study.results_store(results_dir)
         summary = study.run_plan(profile, store, models=models, backend=args.backend or profile.backend,

@@ -48,7 +48,8 @@ def claim_pair(profile: Profile) -> set[str]:
 
 def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFrame:
     """One row per distinct run: ``order``, ``model``, ``grid`` (the first grid that asks for it), ``tier``
-    (0: dense, baselines and the claims' method pair; 1: other methods; 2: notebook-only grids), ``method_label``,
+    (0: dense, baselines and the claims' method pair; 1: other methods and 07's vocabulary; 2: notebook-only grids;
+    3: 09's selectors; 4: 08's summaries), ``method_label``,
     ``key``, ``label`` and ``spec`` (the RunSpec). `models`: default the profile's ``findings_models`` with its own
     model first."""
     base = get_profile(profile) if isinstance(profile, str) else profile
