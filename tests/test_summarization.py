@@ -250,6 +250,19 @@ def test_aclsum_pairs_and_detokenisation():
     assert len(data.documents) == 250 and all(d.document and d.reference for d in data.documents)
 
 
+def test_a_dataset_with_an_empty_document_or_a_repeated_id_is_refused():
+    from calib_lib.data.summarization import SummaryDataset, SummaryDocument, check_documents
+    ok = SummaryDocument("a", "text", "ref")
+    for docs, message in (((ok, SummaryDocument("b", "  ", "ref")), "document 'b': empty document"),
+                          ((ok, SummaryDocument("c", "text", "")), "document 'c': empty reference summary"),
+                          ((ok, ok), "'a' appears twice")):
+        with pytest.raises(InvalidInput, match=message):
+            check_documents(SummaryDataset("x", "", "", "", docs))
+    with pytest.raises(InvalidInput, match="unknown summarization dataset 'xsum'"):
+        from calib_lib.data.summarization import get_dataset
+        get_dataset("xsum")
+
+
 def test_seeded_document_subset():
     cfg = SummarizationEval(datasets=("bbc-xsum",), documents=5, seed=3)
     a, b = selected_documents(cfg, "bbc-xsum"), selected_documents(cfg, "bbc-xsum")
