@@ -537,3 +537,23 @@ def studentized_range_quantile(level: float, groups: int, dof: int) -> float:
     """scipy's studentized-range quantile (Tukey's HSD), cached: it integrates numerically and takes ~0.1-1 s
     a call, while a study asks for the same (level, groups, df) again and again."""
     return float(stats.studentized_range.ppf(level, groups, dof))
+
+
+def pooled_sd(values, groups) -> tuple[float, int]:
+    """The SD pooled within groups (sqrt of the residual sum of squares over sum(n_g - 1)) and its degrees of
+    freedom: the error of a one-way comparison whose replicates are the groups' members (calibration sets, draws).
+    A group of one adds no error and no degree of freedom; (nan, 0) when no group has two members."""
+    frame = pd.DataFrame({"y": np.asarray(values, dtype=float), "g": np.asarray(groups)}).dropna(subset=["y"])
+    residual = frame["y"] - frame.groupby("g")["y"].transform("mean")
+    df = int((frame.groupby("g").size() - 1).sum())
+    return (float(np.sqrt((residual ** 2).sum() / df)) if df > 0 else float("nan")), df
+
+
+def tukey_half_width(sd: float, df: int, groups: int, n_a: int, n_b: int, alpha: float = 0.05) -> float:
+    """Half-width of the Tukey-HSD (Tukey-Kramer for unequal sizes) interval for mean_a - mean_b, simultaneous at
+    1 - alpha over every pair of `groups` groups, with pooled SD `sd` on `df` degrees of freedom (``pooled_sd``);
+    NaN without error degrees of freedom or fewer than two groups. Equal to ``scipy.stats.tukey_hsd``'s interval."""
+    if df <= 0 or groups < 2 or not np.isfinite(sd):
+        return float("nan")
+    q = studentized_range_quantile(1 - alpha, groups, df) / np.sqrt(2)
+    return float(q * sd * np.sqrt(1 / n_a + 1 / n_b))

@@ -239,3 +239,23 @@ def test_spread_draws_the_noise_reference_and_keeps_method_colours():
     legend = " ".join(t.get_text() for t in fig.axes[0].get_legend().get_texts())
     assert "noise" in legend and "1 zero spread(s) not shown" in legend
     assert {plots.method_color("sparsegpt 50%"), plots.method_color("gptq 3-bit g128")} <= _colors_drawn(fig)
+
+
+def test_pooled_sd_and_tukey_half_width_equal_scipy_tukey_hsd():
+    from scipy import stats as sps
+    rng = np.random.default_rng(7)
+    for sizes in ((3, 3, 3), (2, 4, 5, 3), (5, 2, 4)):
+        groups = [rng.normal(loc, 1.3, n) for loc, n in zip(rng.normal(0, 2, len(sizes)), sizes)]
+        values = np.concatenate(groups)
+        labels = np.concatenate([[i] * n for i, n in enumerate(sizes)])
+        sd, df = stats.pooled_sd(values, labels)
+        assert df == len(values) - len(sizes)
+        ci = sps.tukey_hsd(*groups).confidence_interval(0.95)
+        for a in range(len(sizes)):
+            for b in range(a + 1, len(sizes)):
+                half = stats.tukey_half_width(sd, df, len(sizes), sizes[a], sizes[b])
+                diff = groups[a].mean() - groups[b].mean()
+                assert ci.low[a, b] == pytest.approx(diff - half, rel=1e-6)
+                assert ci.high[a, b] == pytest.approx(diff + half, rel=1e-6)
+    assert np.isnan(stats.pooled_sd([1.0, 2.0], ["a", "b"])[0]) and np.isnan(stats.tukey_half_width(1.0, 0, 2, 1, 1))
+    assert stats.pooled_sd([1.0, 2.0, 3.0, 10.0], list("aaab")) == (pytest.approx(1.0), 2)   # a group of one adds nothing

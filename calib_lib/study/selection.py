@@ -84,14 +84,11 @@ def _against(table: pd.DataFrame, metric: str, selector: str, reference: str, al
     means, counts = groups.mean(), groups.size()
     if selector not in means or reference not in means:
         return None
-    residual = values["_y"] - values.groupby("selector")["_y"].transform("mean")
-    df = int((counts - 1).sum())
+    sd, df = stats.pooled_sd(values["_y"], values["selector"])
     difference = float(means[selector] - means[reference])
     if df <= 0:
         return {"difference": difference, "low": np.nan, "high": np.nan, "draws": int(counts.min()), "df": df, "sd": np.nan}
-    sd = math.sqrt(float((residual ** 2).sum()) / df)
-    q = stats.studentized_range_quantile(1 - alpha, len(means), df) / math.sqrt(2)
-    half = q * sd * math.sqrt(1 / counts[selector] + 1 / counts[reference])
+    half = stats.tukey_half_width(sd, df, len(means), counts[selector], counts[reference], alpha)
     return {"difference": difference, "low": difference - half, "high": difference + half,
             "draws": int(counts.min()), "df": df, "sd": sd}
 

@@ -313,18 +313,14 @@ def source_comparison(table: pd.DataFrame, metric: str, alpha: float = ALPHA) ->
         sign = 1.0 if lower else -1.0                        # 'worse' positive on every metric
         groups = part.groupby("calibration.source", sort=True)["_y"]
         means, counts = groups.mean(), groups.size()
-        residual = part["_y"] - part.groupby("calibration.source")["_y"].transform("mean")
-        df = int((counts - 1).sum())
-        set_sd = float(math.sqrt((residual ** 2).sum() / df)) if df > 0 else float("nan")
-        k = len(means)
-        q = stats.studentized_range_quantile(1 - alpha, k, df) / math.sqrt(2) if df > 0 and k >= 2 else float("nan")
+        set_sd, df = stats.pooled_sd(part["_y"], part["calibration.source"])
         for source, mean in means.items():
             others = means.drop(source)
             if others.empty:
                 continue
             best_other = others.idxmin() if lower else others.idxmax()
             gap = sign * (mean - others[best_other])
-            half = q * set_sd * math.sqrt(1 / counts[source] + 1 / counts[best_other])
+            half = stats.tukey_half_width(set_sd, df, len(means), counts[source], counts[best_other], alpha)
             rows.append({"method_label": label, "metric": metric, "source": source, "sets": int(counts[source]),
                          "mean": math.exp(mean) if metric in LOG else mean, "gap": gap, "versus": best_other,
                          "gap_low": gap - half, "gap_high": gap + half,

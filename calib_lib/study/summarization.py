@@ -184,8 +184,8 @@ def published_claims(docs: pd.DataFrame, metrics: dict = CLAIM_METRICS) -> pd.Da
 
 def source_effect(runs: pd.DataFrame, metrics: dict = CLAIM_METRICS, alpha: float = ALPHA) -> pd.DataFrame:
     """Per (model, dataset, method, metric): the rule of the module docstring, with the largest pairwise source
-    gap, its Tukey-HSD interval, the pooled SD between sets of one source and the sets per source that would
-    decide."""
+    gap, its Tukey-HSD interval (``stats.tukey_half_width``, as in 09 and ``calib sensitivity``), the pooled SD
+    between sets of one source on its degrees of freedom, and the sets per source that would decide."""
     rows = []
     if runs.empty:
         return pd.DataFrame(rows)
@@ -208,26 +208,26 @@ def source_effect(runs: pd.DataFrame, metrics: dict = CLAIM_METRICS, alpha: floa
                 rows.append({**base, "verdict": "cannot decide",
                              "note": "one set per source: no between-set spread to judge a source by; draw at least 2"})
                 continue
-            with np.errstate(divide="ignore", invalid="ignore"):    # sets that agree exactly: SD 0
-                result = sps.tukey_hsd(*groups.values())
-                ci = result.confidence_interval(confidence_level=1 - alpha)
+            # Tukey-HSD over every pair of sources, the sets as replicates (stats.pooled_sd, tukey_half_width)
             names = list(groups)
-            pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
-            lows = np.array([ci.low[i, j] for i, j in pairs])
-            highs = np.array([ci.high[i, j] for i, j in pairs])
-            i, j = names.index(best), names.index(worst)
-            residual = np.concatenate([g - g.mean() for g in groups.values()])
-            df = sum(len(g) - 1 for g in groups.values())
-            half = float(np.max((highs - lows) / 2))
-            if np.any((lows > 0) | (highs < 0)):
+            set_sd, df = stats.pooled_sd(values[metric], values["source"])
+            pairs = [(a, b) for n, a in enumerate(names) for b in names[n + 1:]]
+            halves = np.array([stats.tukey_half_width(set_sd, df, len(names), len(groups[a]), len(groups[b]), alpha)
+                               for a, b in pairs])
+            gaps = np.array([means[a] - means[b] for a, b in pairs])
+            lows, highs = gaps - halves, gaps + halves
+            half_best = stats.tukey_half_width(set_sd, df, len(names), len(groups[best]), len(groups[worst]), alpha)
+            half = float(np.max(halves))
+            if set_sd == 0:                       # sets that agree exactly: any gap between sources is beyond them
+                verdict = "holds" if np.any(gaps != 0) else "does not hold"
+            elif np.any((lows > 0) | (highs < 0)):
                 verdict = "holds"
             elif np.all((lows > -margin) & (highs < margin)):
                 verdict = "does not hold"
             else:
                 verdict = "cannot decide"
-            rows.append({**base, "gap_low": float(ci.low[i, j]), "gap_high": float(ci.high[i, j]),
-                         "set_sd": float(np.sqrt((residual ** 2).sum() / df)) if df else np.nan,
-                         "p_value": float(np.min(result.pvalue[np.triu_indices(len(names), 1)])), "verdict": verdict,
+            rows.append({**base, "gap_low": base["gap"] - half_best, "gap_high": base["gap"] + half_best,
+                         "set_sd": set_sd, "df": df, "verdict": verdict,
                          "sets_needed": (int(math.ceil(base["sets"] * (half / (margin / 2)) ** 2))
                                          if verdict == "cannot decide" else None), "note": ""})
     return pd.DataFrame(rows)
