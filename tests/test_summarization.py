@@ -364,14 +364,14 @@ def test_auto_nli_is_decided_when_the_spec_is_made(monkeypatch):
 
 # -- the rules on simulated nulls ---------------------------------------------------------------------------
 
-def _docs(effect: float, n_docs: int, rng, runs_per_method=2, noise=0.2):
+def _docs(effect: float, n_docs: int, rng, runs_per_method=5, noise=0.2, set_sd=0.0):
     rows = []
     base = rng.uniform(0.2, 0.8, n_docs)
     for d in range(n_docs):
         rows.append({"model": "m", "dataset": "x", "method_label": "dense", "source": "none", "set_index": -1,
                      "key": "dense", "doc_id": d, "coverage": base[d]})
     for r in range(runs_per_method):
-        values = base + effect + rng.normal(0, noise, n_docs)
+        values = base + effect + rng.normal(0, set_sd) + rng.normal(0, noise, n_docs)
         for d in range(n_docs):
             rows.append({"model": "m", "dataset": "x", "method_label": "wanda 50%", "source": "news", "set_index": r,
                          "key": f"w{r}", "doc_id": d, "coverage": values[d]})
@@ -384,6 +384,12 @@ def test_claim_rule_rarely_holds_under_the_null_and_decides_with_enough_document
     rng = np.random.default_rng(0)
     verdicts = [s.published_claims(_docs(0.0, 40, rng), metric)["verdict"].iloc[0] for _ in range(200)]
     assert verdicts.count("holds") / len(verdicts) <= 0.05          # one-sided: ~2.5% expected
+    # a set-to-set spread (the calibration sets differ, the method does not): the runs are the replicates
+    spread = [s.published_claims(_docs(0.0, 60, rng, noise=0.05, set_sd=0.05), metric)["verdict"].iloc[0]
+              for _ in range(200)]
+    assert spread.count("holds") / len(spread) <= 0.05
+    one_set = s.published_claims(_docs(0.2, 40, rng, runs_per_method=1), metric).iloc[0]
+    assert "one calibration set" in one_set["note"]
     big = s.published_claims(_docs(0.1, 200, rng, noise=0.1), metric).iloc[0]
     assert big["verdict"] == "holds" and big["effect_low"] > 0
     none = s.published_claims(_docs(0.0, 400, rng, noise=0.05), metric).iloc[0]
