@@ -487,3 +487,20 @@ def evaluation_settings(profile) -> str:
             f"template where the model has one); prompt and document within {cfg.max_input_tokens} tokens (longer "
             f"documents keep their head); greedy decoding, at most {cfg.max_new_tokens} new tokens, the first "
             f"sentence kept; NLI model {cfg.nli_model}")
+
+
+CLAIM_COLUMNS = ("claim", "model", "dataset", "method_label", "metric", "runs", "documents", "empty_pruned",
+                 "empty_dense", "pruned", "dense", "effect", "effect_low", "effect_high", "margin", "verdict",
+                 "documents_needed", "p_documents", "note")
+SOURCE_COLUMNS = ("model", "dataset", "method_label", "metric", "sources", "sets", "highest", "lowest", "gap",
+                  "gap_low", "gap_high", "margin", "set_sd", "df", "verdict", "sets_needed", "note")
+
+
+def claims_view(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims table in reading order (``CLAIM_COLUMNS`` present), numbers rounded to 3 decimals."""
+    return claims[[c for c in CLAIM_COLUMNS if c in claims]].round(3) if not claims.empty else claims
+
+
+def sources_view(sources: pd.DataFrame) -> pd.DataFrame:
+    """The source-effect table in reading order (``SOURCE_COLUMNS`` present), rounded to 3 decimals."""
+    return sources[[c for c in SOURCE_COLUMNS if c in sources]].round(3) if not sources.empty else sources
