@@ -131,6 +131,37 @@ def test_nli_consistency_equals_a_direct_summac_zs_computation(tiny_nli):
     assert np.isnan(got[2])
 
 
+def test_an_albert_nli_folder_with_only_a_sentencepiece_model_loads_and_scores(tmp_path):
+    """SummaC's default model (tals/albert-xlarge-vitaminc-mnli) ships its tokenizer as ``spiece.model`` with no
+    ``tokenizer.json``: reading it needs the sentencepiece package, which requirements.txt pins. Without it the
+    folder would load as 'unavailable' and every summary would go without its NLI score."""
+    import sentencepiece as spm
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+    corpus = tmp_path / "corpus.txt"
+    words = "the cat sat on a mat and the dog ran away while it rained all day".split()
+    rng = np.random.default_rng(0)
+    corpus.write_text("\n".join(" ".join(rng.choice(words, 10)) for _ in range(300)))
+    folder = tmp_path / "albert-nli"
+    folder.mkdir()
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "spiece"), vocab_size=30,
+                                   pad_id=0, unk_id=1, bos_id=2, eos_id=3, minloglevel=2,
+                                   control_symbols=["[CLS]", "[SEP]", "[MASK]"])
+    torch.manual_seed(0)
+    config = AlbertConfig(vocab_size=30, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=64, num_labels=3,
+                          id2label={0: "entailment", 1: "neutral", 2: "contradiction"},
+                          label2id={"entailment": 0, "neutral": 1, "contradiction": 2})
+    AlbertForSequenceClassification(config).save_pretrained(folder)
+    (folder / "spiece.model").write_bytes((tmp_path / "spiece.model").read_bytes())
+    assert not (folder / "tokenizer.json").exists()
+    tokenizer, model, entail, contra = nli.load_nli(str(folder))
+    assert (entail, contra) == (0, 2)
+    encoded = tokenizer("the cat sat", "the dog ran")["input_ids"]
+    assert encoded[0] == tokenizer.cls_token_id and encoded.count(tokenizer.sep_token_id) == 2
+    scores = nli.consistency([("The cat sat. The dog ran.", "The cat sat.")], str(folder))
+    assert -1 <= scores[0] <= 1
+
+
 def test_a_named_nli_model_that_is_missing_is_refused_with_the_reason(tmp_path):
     with pytest.raises(Unavailable, match="cannot be loaded"):
         nli.check_nli(str(tmp_path / "no-such-model"))

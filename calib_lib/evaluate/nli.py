@@ -55,7 +55,7 @@ def load_nli(name: str):
         kwargs = {} if local or hub_reachable() else {"local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
         model = AutoModelForSequenceClassification.from_pretrained(name, **kwargs).eval()
-    except (OSError, ValueError, ImportError) as err:     # ImportError: a tokenizer needing sentencepiece
+    except (OSError, ValueError, ImportError) as err:     # a spiece.model tokenizer without sentencepiece: ValueError
         where = "the folder" if local else "the Hugging Face hub or its local cache"
         raise Unavailable(f"NLI model {name} cannot be loaded from {where} ({str(err).splitlines()[0][:120]})") from err
     entail, contra = _label_indices(name, model.config)
