@@ -9,6 +9,7 @@ what it measured).
     python benchmarks/compress.py --num-samples 32 --seq-len 512 --ppl --out benchmarks/smollm2-32x512.jsonl
     python benchmarks/compress.py --num-samples 128 --seq-len 512 --settings "50%,3-bit g128"
     python benchmarks/compress.py --methods wanda,sparsegpt,gptq --sequential block --ppl   # one order only
+    python benchmarks/compress.py --methods awq --settings "3-bit g128" --awq-search-samples all,8,4,2,1 --ppl
 """
 from __future__ import annotations
 
@@ -143,6 +144,9 @@ def main() -> None:
                         help="calibration sequences per forward in the driver (changes only float rounding)")
     parser.add_argument("--sequential", choices=["layer", "block"],
                         help="one order for the layer-wise methods (default: both, block then layer)")
+    parser.add_argument("--awq-search-samples", default="all",
+                        help="comma-separated AWQ search caps, each run as its own row: all (the published "
+                             "default: every calibration sequence) or N (the first N sequences, a labelled variant)")
     parser.add_argument("--out", default="benchmarks/compress-results.jsonl")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
@@ -167,7 +171,20 @@ def main() -> None:
         layerwise = issubclass(METHODS.find(method) or object, LayerwiseMethod)
         orders = ([args.sequential] if args.sequential else ["block", "layer"]) if layerwise else [None]
         for order in orders:
-            run_one(args, method, dict(params, sequential=order) if order else params, unit, machine, other_order)
+            for extra in _variants(args, method):
+                run_one(args, method, dict(params, sequential=order, **extra) if order else dict(params, **extra),
+                        unit, machine, other_order)
+
+
+def _variants(args, method) -> list[dict]:
+    """Extra parameters, one row each: AWQ's search caps (``{}`` is the published default)."""
+    if method != "awq":
+        return [{}]
+    caps = [c.strip() for c in args.awq_search_samples.split(",") if c.strip()]
+    bad = [c for c in caps if c != "all" and not (c.isdigit() and int(c) >= 1)]
+    if bad:
+        raise SystemExit(f"--awq-search-samples takes 'all' or integers >= 1, got {bad}: e.g. all,8,4")
+    return [{} if c == "all" else {"search_samples": int(c)} for c in caps]
 
 
 def run_one(args, method, params, unit, machine, other_order) -> None:
