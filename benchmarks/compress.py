@@ -158,7 +158,8 @@ def main() -> None:
     keep = set(filter(None, args.methods.split(",")))
     settings = set(filter(None, (s.strip() for s in args.settings.split(","))))
     unit = unit_seconds(args)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from calib_lib.runs.runner import cpu_info
+    machine = {"cpu": platform.processor() or platform.machine(), **cpu_info(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     print(f"unit (one forward of {args.num_samples} x {args.seq_len} tokens): {unit:.1f} s on {machine}", flush=True)
     from calib_lib.compress import METHODS

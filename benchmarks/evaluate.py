@@ -29,6 +29,8 @@ import time
 import numpy as np
 import torch
 
+from calib_lib.runs.runner import cpu_info
+
 DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")
 
 
@@ -172,7 +174,7 @@ def benchmark(args, model: str) -> dict:
                  "--plain-tokens", str(args.plain_tokens or packed["tokens"]["real"]))
     plain_rate = plain["tokens"] / plain["seconds"]
     row = {"model": model, "tasks": args.tasks, "limit": args.limit, "seed": args.seed,
-           "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+           "machine": {"cpu": platform.processor() or platform.machine(), **cpu_info(), "cores": os.cpu_count(),
                        "torch_threads": torch.get_num_threads()},
            "hflm": {k: v for k, v in hflm.items() if k != "documents"},
            "packed": {k: v for k, v in packed.items() if k != "documents"}, "plain": plain,

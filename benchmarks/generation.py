@@ -23,6 +23,8 @@ from datetime import date
 
 import torch
 
+from calib_lib.runs.runner import cpu_info
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,7 +51,7 @@ def main() -> None:
                    "seconds_per_document": round(cost["seconds_per_document"], 3),
                    "generated_tokens_per_second": round(cost["generated_tokens_per_second"], 2),
                    "scoring_seconds": round(cost["scoring_seconds"], 2), "threads": torch.get_num_threads(),
-                   "cpu": platform.processor() or platform.machine(),
+                   "cpu": platform.processor() or platform.machine(), **cpu_info(),
                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
             print(json.dumps(row))
             if args.out:

@@ -43,6 +43,23 @@ def pristine_model(name: str, dtype: str):
     return model, tokenizer
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and the instruction set torch dispatches its kernels to (AVX2, AVX512, ...): two
+    machines of the same kind can sum in another order, so a search method's near-tie choices (AWQ's grid) and
+    timings are read against these."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), None)
+    except OSError:                     # not Linux
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:              # an old torch
+        capability = None
+    return {"cpu_model": model or platform.processor() or None, "cpu_capability": capability}
+
+
 def environment() -> dict:
     packages = {}
     for name in ("calib_lib", "torch", "transformers", "lm_eval", "datasets", "numpy", "scipy"):
@@ -51,7 +68,7 @@ def environment() -> dict:
         except PackageNotFoundError:
             packages[name] = None
     return {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(), **cpu_info(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "packages": packages}
