@@ -79,6 +79,36 @@ def default_figures_dir(profile: str) -> Path:
     return REPO / "figures" if profile == "quick" else REPO / "figures" / profile
 
 
+def _seen_from_notebooks(path: Path) -> str:
+    """``path`` as the kernels (cwd notebooks/) should be given it: relative when it lies in the repository
+    (``../results/quick``), so that an executed notebook names no machine's directories and re-executing it
+    elsewhere changes no line of it; absolute otherwise."""
+    try:
+        path.relative_to(REPO)
+    except ValueError:
+        return str(path)
+    return os.path.relpath(path, NOTEBOOK_DIR)
+
+
+def _repo_relative_metadata(executed: Path) -> None:
+    """Papermill records the absolute input and output paths in the notebook's metadata: keep them
+    repository-relative, as the parameters are."""
+    import nbformat
+    nb = nbformat.read(executed, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    changed = False
+    for key in ("input_path", "output_path"):
+        value = meta.get(key)
+        if value:
+            try:
+                meta[key] = str(Path(value).resolve().relative_to(REPO))
+                changed = True
+            except ValueError:
+                pass
+    if changed:
+        nbformat.write(nb, executed)
+
+
 def execute_notebooks(profile: str, *, only: list[str] | None = None, results_dir: str | Path | None = None,
             figures_dir: str | Path | None = None, model: str | None = None, backend: str | None = None,
             kernel: str = "python3", html: bool = True, log=print) -> list[dict]:
@@ -104,11 +134,13 @@ def execute_notebooks(profile: str, *, only: list[str] | None = None, results_di
             pm.execute_notebook(
                 str(source), str(executed), kernel_name=kernel, cwd=str(NOTEBOOK_DIR), progress_bar=False,
                 parameters={"profile": profile, "model": model, "backend": backend,
-                            "results_dir": str(results_dir), "figures_dir": str(figures_dir)})
+                            "results_dir": _seen_from_notebooks(results_dir),
+                            "figures_dir": _seen_from_notebooks(figures_dir)})
         except pm.PapermillExecutionError as err:
             raise NotebookFailed(f"notebook {name} failed in {_failed_cell(executed)}: {err.ename}: "
                                  f"{str(err.evalue).rstrip('.')}. The executed copy is {executed}; finished runs are kept "
                                  f"in {results_dir / 'runs'}/ (one file per run), so a rerun continues.") from err
+        _repo_relative_metadata(executed)
         row = {"notebook": name, "seconds": round(time.time() - started, 1), "executed": str(executed)}
         if html:
             row["html"] = str(_html(executed))
