@@ -14,7 +14,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import UserError
+from .errors import InvalidInput, UserError
 from .files import atomic_write_text, check_writable
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -217,6 +217,8 @@ def cmd_study(args) -> int:
 
     from .notebooks import REPO, execute_notebooks
     started = time.time()
+    if args.verdicts:
+        return _study_verdicts(args, REPO)
     if args.plan or args.runs_only:
         from . import study
         results_dir = Path(args.results_dir or REPO / "results" / args.profile)
@@ -243,6 +245,34 @@ def cmd_study(args) -> int:
     for row in rows:
         print(f"{row['notebook']:<22} {row['seconds']:>8.1f} s  {row['executed']}")
     print(f"{len(rows)} notebook(s) in {time.time() - started:.1f} s")
+    return 0
+
+
+def _study_verdicts(args, repo: Path) -> int:
+    """``calib study --verdicts``: the verdicts a partial (or finished) sweep supports, read-only."""
+    import pandas as pd
+
+    from . import study
+    if args.plan or args.runs_only or args.only:
+        raise InvalidInput("--verdicts reads the store only: drop --plan, --runs-only and --only")
+    profile = study.get_profile(args.profile)
+    results_dir = Path(args.results_dir or repo / "results" / args.profile)
+    if not (results_dir / "runs").is_dir():
+        raise InvalidInput(f"no run files in {results_dir / 'runs'}: compute some first with "
+                           f"`calib study --profile {args.profile} --runs-only`")
+    store = study.results_store(results_dir, read_only=True)
+    models = [args.model] if args.model else list(profile.findings_models)
+    inputs = [study.verdict_inputs(profile, model, store, run=False) for model in models]
+    print(pd.concat([item.completeness for item in inputs], ignore_index=True).to_string(index=False))
+    for item in inputs:
+        if item.note:
+            print(f"{item.model}: {item.note}")
+        for row in study.model_verdicts(item).itertuples():
+            print(f"\n{item.model} {row.claim}: {row.verdict}\n  {row.summary}")
+            if row.what_would_decide:
+                print(f"  would decide: {row.what_would_decide}")
+    print(f"\nRead from {results_dir / 'runs'} ({args.profile} profile); a claim whose runs are missing is "
+          "untestable until they are stored. 06_findings gives the same verdicts with figures once every run is there.")
     return 0
 
 
@@ -451,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-only", action="store_true",
                    help="compute the missing runs of the plan (resumable: kill and restart at will), execute no "
                         "notebook; then `calib study` reads them without starting a run")
+    p.add_argument("--verdicts", action="store_true",
+                   help="the six claims' verdicts from the runs stored so far (each model of the profile's findings, "
+                        "or --model), with how many of each grid's runs are there; start nothing, write nothing")
     p.add_argument("--limit", type=int, help="with --runs-only: at most this many missing runs, in plan order")
     p.add_argument("--address", help="with --runs-only --backend ray: join this Ray cluster (default: a local one)")
     p.set_defaults(func=cmd_study)

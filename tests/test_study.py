@@ -1,10 +1,8 @@
 """Study profiles and grids (shared runs), the wide results table, and the notebooks on the tiny profile."""
 import json
 import math
-import shutil
 
 import nbformat
-import numpy as np
 import pytest
 
 from calib_lib import notebooks, study
@@ -203,6 +201,36 @@ def test_findings_notebook_on_the_tiny_profile_reuses_runs_and_writes_six_verdic
     assert set(verdicts["verdict"]) <= {"holds", "does not hold", "inconclusive", UNTESTABLE}
     for claim in ("f1", "f2", "f3", "f4"):
         assert (out / "figures" / f"06_findings-{claim}-tiny-llama.png").is_file()
+
+
+def test_study_verdicts_reads_the_store_only_and_agrees_with_the_findings_notebook(tiny_study, capsys, tmp_path):
+    """`calib study --verdicts`: the interim view of a sweep. Same verdicts as 06 (which ran just before on the
+    same store), no run started, no file in the results folder created or changed."""
+    import pandas as pd
+
+    from calib_lib.cli import main
+    out, _ = tiny_study
+    results = out / "results"
+    assert (results / "findings_verdicts.csv").is_file()          # written by 06 in the test above
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    count = Store(results / "runs.sqlite", read_only=True).count()
+    assert main(["study", "--profile", "tiny", "--verdicts", "--results-dir", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()} == before
+    assert Store(results / "runs.sqlite", read_only=True).count() == count
+    notebook = pd.read_csv(results / "findings_verdicts.csv")
+    for row in notebook.itertuples():
+        assert f"{row.model} {row.claim}: {row.verdict}\n" in printed
+    # the library call behind it, compared field by field
+    store = study.results_store(results, read_only=True)
+    again = pd.concat([study.model_verdicts(study.verdict_inputs("tiny", m, store, run=False)) for m in notebook["model"].unique()],
+                      ignore_index=True)
+    assert list(again["verdict"]) == list(notebook["verdict"]) and list(again["summary"]) == list(notebook["summary"])
+    # a stored grid counts its runs; an empty results folder is refused with the command that fills it
+    assert "seed_variance" in printed
+    assert main(["study", "--profile", "tiny", "--verdicts", "--results-dir", str(tmp_path / "empty")]) == 2
+    assert "compute some first with `calib study --profile tiny --runs-only`" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
 
 
 def test_notebooks_without_task_data_rest_on_perplexity_and_say_so(tmp_path, monkeypatch):
