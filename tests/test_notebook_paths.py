@@ -1,5 +1,7 @@
 """Executed notebooks name repository paths relative to the notebooks, never this machine's directories."""
 
+from pathlib import Path
+
 import nbformat
 
 from calib_lib import notebooks
@@ -32,3 +34,15 @@ def test_papermill_metadata_is_rewritten_repository_relative(tmp_path):
     nbformat.write(nb, outside)
     notebooks._repo_relative_metadata(outside)
     assert nbformat.read(outside, as_version=4).metadata["papermill"]["output_path"] == str(outside)
+
+
+def test_an_executed_copy_opened_outside_notebooks_reaches_the_same_folders(tmp_path, monkeypatch):
+    from calib_lib import study
+    # where papermill runs the kernels: the relative path is kept (printed paths stay machine-free)
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    assert study.notebook_path("../results/quick") == Path("../results/quick")
+    # the executed copy opened in results/quick/ (or anywhere else): taken from notebooks/, not from the cwd
+    monkeypatch.chdir(tmp_path)
+    assert study.notebook_path("../results/quick") == (REPO / "results" / "quick").resolve()
+    assert study.notebook_path("../figures") == (REPO / "figures").resolve()
+    assert study.notebook_path(tmp_path / "mine") == tmp_path / "mine"            # absolute: as given

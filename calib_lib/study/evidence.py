@@ -47,10 +47,13 @@ def verdict_inputs(profile: str | Profile, model: str, store, *, run: bool = Tru
         rows.append({"model": model, "grid": name, "asked": len(grid.specs), "stored": stored})
     keys = list(dict.fromkeys(k for t in tables.values() if len(t) for k in t["key"]))
     documents, note = None, ""
-    try:
-        documents = store.documents(keys)
-    except StoreError as err:                  # runs scored before evaluation version 2
-        note = f"no per-document records ({str(err).split(':')[0]}); the paired tests are untestable"
+    if not keys:
+        note = "no run of its verdict grids is stored yet"
+    else:
+        try:
+            documents = store.documents(keys)
+        except StoreError as err:                  # runs scored before evaluation version 2
+            note = f"no per-document records ({str(err).split(':')[0]}); the paired tests are untestable"
     return VerdictInputs(model, cfg, tables, documents, findings.noise_floor_table(tables["noise_floor"]),
                          cfg.suite["task_limit"], pd.DataFrame(rows), note)
 

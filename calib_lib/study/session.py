@@ -51,6 +51,19 @@ def results_store(results_dir: str | Path, read_only: bool = False) -> Store:
     return Store(results_dir / "runs.sqlite", read_only=read_only, archive=results_dir / "runs")
 
 
+def notebook_path(path: str | Path) -> Path:
+    """A notebook's ``results_dir`` or ``figures_dir`` parameter as a folder. `calib study` passes repository
+    folders relative to notebooks/ (``../results/quick``), where papermill runs the kernels, so that executed
+    notebooks name no machine's directories; a notebook opened elsewhere (the executed copy in
+    results/<profile>/) must still reach the same folders, so a relative path is taken from notebooks/ when
+    the kernel runs somewhere else. Absolute paths, and every path outside a source checkout, are kept."""
+    from ..notebooks import NOTEBOOK_DIR
+    path = Path(path).expanduser()
+    if path.is_absolute() or not NOTEBOOK_DIR.is_dir() or Path.cwd().resolve() == NOTEBOOK_DIR.resolve():
+        return path
+    return (NOTEBOOK_DIR / path).resolve()
+
+
 def setup(notebook: str, profile: str, *, model: str | None = None, backend: str | None = None,
           results_dir: str | Path | None = None, figures_dir: str | Path = "../figures",
           header: bool = True) -> NotebookSession:
@@ -58,9 +71,9 @@ def setup(notebook: str, profile: str, *, model: str | None = None, backend: str
     the figure style, and (``header``) the profile, budget and 4-bit caveat displayed at the top."""
     from .. import plots
     cfg = get_profile(profile, model=model)
-    results_dir = Path(results_dir or f"../results/{profile}")
+    results_dir = notebook_path(results_dir or f"../results/{profile}")
     store = results_store(results_dir)
-    session = NotebookSession(notebook, cfg, store, results_dir, Path(figures_dir), backend or cfg.backend)
+    session = NotebookSession(notebook, cfg, store, results_dir, notebook_path(figures_dir), backend or cfg.backend)
     plots.style()
     pd.set_option("display.precision", 3)
     if header:
