@@ -252,7 +252,7 @@ def _study_verdicts(args, repo: Path) -> int:
     """``calib study --verdicts``: the verdicts a partial (or finished) sweep supports, read-only."""
     import pandas as pd
 
-    from . import study
+    from . import findings, study
     if args.plan or args.runs_only or args.only:
         raise InvalidInput("--verdicts reads the store only: drop --plan, --runs-only and --only")
     profile = study.get_profile(args.profile)
@@ -262,12 +262,12 @@ def _study_verdicts(args, repo: Path) -> int:
                            f"`calib study --profile {args.profile} --runs-only`")
     store = study.results_store(results_dir, read_only=True)
     models = [args.model] if args.model else list(profile.findings_models)
-    inputs = [study.verdict_inputs(profile, model, store, run=False) for model in models]
+    inputs = [findings.verdict_inputs(profile, model, store, run=False) for model in models]
     print(pd.concat([item.completeness for item in inputs], ignore_index=True).to_string(index=False))
     for item in inputs:
         if item.note:
             print(f"{item.model}: {item.note}")
-        for row in study.model_verdicts(item).itertuples():
+        for row in findings.model_verdicts(item).itertuples():
             print(f"\n{item.model} {row.claim}: {row.verdict}\n  {row.summary}")
             if row.what_would_decide:
                 print(f"  would decide: {row.what_would_decide}")

@@ -45,7 +45,7 @@ out at most 5% of the time on 200 studies without the claimed effect.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -1870,3 +1870,55 @@ def discussion(verdicts_frame: pd.DataFrame, power: pd.DataFrame | None = None) 
     text += (" A verdict here is about these models at this budget; 'untestable' is a statement about the "
              "budget, not the claim.")
     return text
+
+
+# -- the verdicts' inputs from a store (06_findings, and `calib study --verdicts` on a partial sweep) ---------
+
+@dataclass
+class VerdictInputs:
+    """What ``verdicts`` reads for one model: its verdict grids' tables, their per-document records, the
+    float-noise floor, and how many of each grid's runs the store holds (``completeness``)."""
+    model: str
+    profile: object                       # study.Profile: the model's findings budget
+    tables: dict
+    documents: pd.DataFrame | None
+    floor: pd.DataFrame
+    docs_per_task: int | None
+    completeness: pd.DataFrame = field(default_factory=pd.DataFrame)   # model, grid, asked, stored
+    note: str = ""                                                      # why per-document records are missing
+
+
+def verdict_inputs(profile, model: str, store, *, run: bool = True, backend: str | None = None) -> VerdictInputs:
+    """The verdict grids (``study.planning.VERDICT_GRIDS``) of `model` on `profile`'s findings budget
+    (``study.findings_profile``). ``run=True`` (06_findings) computes the missing runs first; ``run=False`` (the
+    interim view of a long sweep) reads only what is stored: a claim whose runs are missing is then
+    "untestable at this budget" with what it needs, by the same rules."""
+    from .errors import StoreError
+    from .study import GRIDS, findings_profile, run as run_grid
+    from .study.planning import VERDICT_GRIDS
+    cfg = findings_profile(profile, model)
+    tables, rows = {}, []
+    for name in VERDICT_GRIDS:
+        grid = GRIDS[name](cfg)
+        if run:
+            run_grid(grid, store, backend or cfg.backend)
+        tables[name] = grid.results(store)
+        stored = len(set(tables[name]["key"])) if len(tables[name]) else 0
+        rows.append({"model": model, "grid": name, "asked": len(grid.specs), "stored": stored})
+    keys = list(dict.fromkeys(k for t in tables.values() if len(t) for k in t["key"]))
+    documents, note = None, ""
+    if not keys:
+        note = "no run of its verdict grids is stored yet"
+    else:
+        try:
+            documents = store.documents(keys)
+        except StoreError as err:                  # runs scored before evaluation version 2
+            note = f"no per-document records ({str(err).split(':')[0]}); the paired tests are untestable"
+    return VerdictInputs(model, cfg, tables, documents, noise_floor_table(tables["noise_floor"]),
+                         cfg.suite["task_limit"], pd.DataFrame(rows), note)
+
+
+def model_verdicts(inputs: VerdictInputs) -> pd.DataFrame:
+    """The six rows of ``verdicts`` for one model, with its name."""
+    return verdicts(inputs.tables, inputs.documents, inputs.floor, docs_per_task=inputs.docs_per_task).assign(
+        model=inputs.model)

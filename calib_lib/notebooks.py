@@ -16,9 +16,8 @@ from pathlib import Path
 
 from .errors import InvalidInput, UserError
 from .files import atomic_write_text
+from .paths import NOTEBOOK_DIR, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-NOTEBOOK_DIR = REPO / "notebooks"
 STUDIES = ("01_sample_count", "02_sequence_length", "03_source_domain", "04_seed_variance",
            "05_self_calibration", "07_vocabulary", "09_selection", "08_summarization")
 # 06 tests the six claims on the runs 01-05 made (on quick: no run of its own), so make run includes it;

@@ -10,6 +10,10 @@ from pathlib import Path
 
 from .errors import UserError
 
+# The source checkout (the study notebooks, results/, figures/); in an installed package these folders are absent.
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO / "notebooks"
+
 
 def cache_dir() -> Path:
     """Root of every cache calib_lib writes (models, wheels, calibration sets, results)."""

@@ -208,6 +208,7 @@ def test_study_verdicts_reads_the_store_only_and_agrees_with_the_findings_notebo
     same store), no run started, no file in the results folder created or changed."""
     import pandas as pd
 
+    from calib_lib import findings
     from calib_lib.cli import main
     out, _ = tiny_study
     results = out / "results"
@@ -223,8 +224,8 @@ def test_study_verdicts_reads_the_store_only_and_agrees_with_the_findings_notebo
         assert f"{row.model} {row.claim}: {row.verdict}\n" in printed
     # the library call behind it, compared field by field
     store = study.results_store(results, read_only=True)
-    again = pd.concat([study.model_verdicts(study.verdict_inputs("tiny", m, store, run=False)) for m in notebook["model"].unique()],
-                      ignore_index=True)
+    again = pd.concat([findings.model_verdicts(findings.verdict_inputs("tiny", m, store, run=False))
+                       for m in notebook["model"].unique()], ignore_index=True)
     assert list(again["verdict"]) == list(notebook["verdict"]) and list(again["summary"]) == list(notebook["summary"])
     # a stored grid counts its runs; an empty results folder is refused with the command that fills it
     assert "seed_variance" in printed

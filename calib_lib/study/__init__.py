@@ -14,7 +14,6 @@ from .grids import (GRIDS, StudyGrid, baseline_grid, dense_grid, noise_floor_gri
                     vocabulary_grid, selection_grid, summarization_grid)
 from .labels import fmt, method_family, method_label
 from .headline import headline_table, headline_view
-from .evidence import VerdictInputs, model_verdicts, verdict_inputs
 from .session import NotebookSession, headline_metrics, notebook_path, results_store, setup
 from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, MAGNITUDE, MIRROR_SOURCES, PROFILES, PYPI_SOURCES, RTN3, SPARSEGPT,
                        SPARSEGPT_24, SPQR3, WANDA, WANDA_24, Profile,
@@ -27,9 +26,9 @@ from .tables import (has_accuracy, long_metrics, ppl_columns, rank_of, same_doma
 
 __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "MAGNITUDE", "MIRROR_SOURCES", "NotebookSession", "PROFILES",
            "PYPI_SOURCES", "RTN3", "SPARSEGPT", "SPARSEGPT_24", "SPQR3", "WANDA", "WANDA_24", "Profile",
-           "StudyGrid", "VerdictInputs", "available_real_sources", "baseline_grid", "claim_methods", "dense_grid", "findings_profile", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
-           "has_accuracy", "headline_metrics", "headline_table", "headline_view", "load_findings", "long_metrics", "method_family", "method_label", "model_verdicts", "notebook_path",
+           "StudyGrid", "available_real_sources", "baseline_grid", "claim_methods", "dense_grid", "findings_profile", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
+           "has_accuracy", "headline_metrics", "headline_table", "headline_view", "load_findings", "long_metrics", "method_family", "method_label", "notebook_path",
            "plan", "plan_summary", "results_guide", "ppl_columns", "rank_of", "run_plan", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
            "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "results_store", "setup",
            "source_domain_grid", "suite_fields", "summaries", "task_columns", "vocabulary_finding", "vocabulary_grid", "selection_grid", "summarization_grid",
-           "verdict_inputs", "vocabulary_table", "vocabulary_usage", "vocabulary_verdict", "vocabulary_view", "wide"]
+           "vocabulary_table", "vocabulary_usage", "vocabulary_verdict", "vocabulary_view", "wide"]

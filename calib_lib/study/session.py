@@ -57,7 +57,7 @@ def notebook_path(path: str | Path) -> Path:
     notebooks name no machine's directories; a notebook opened elsewhere (the executed copy in
     results/<profile>/) must still reach the same folders, so a relative path is taken from notebooks/ when
     the kernel runs somewhere else. Absolute paths, and every path outside a source checkout, are kept."""
-    from ..notebooks import NOTEBOOK_DIR
+    from ..paths import NOTEBOOK_DIR
     path = Path(path).expanduser()
     if path.is_absolute() or not NOTEBOOK_DIR.is_dir() or Path.cwd().resolve() == NOTEBOOK_DIR.resolve():
         return path
