@@ -1879,7 +1879,6 @@ class VerdictInputs:
     """What ``verdicts`` reads for one model: its verdict grids' tables, their per-document records, the
     float-noise floor, and how many of each grid's runs the store holds (``completeness``)."""
     model: str
-    profile: object                       # study.Profile: the model's findings budget
     tables: dict
     documents: pd.DataFrame | None
     floor: pd.DataFrame
@@ -1914,7 +1913,7 @@ def verdict_inputs(profile, model: str, store, *, run: bool = True, backend: str
             documents = store.documents(keys)
         except StoreError as err:                  # runs scored before evaluation version 2
             note = f"no per-document records ({str(err).split(':')[0]}); the paired tests are untestable"
-    return VerdictInputs(model, cfg, tables, documents, noise_floor_table(tables["noise_floor"]),
+    return VerdictInputs(model, tables, documents, noise_floor_table(tables["noise_floor"]),
                          cfg.suite["task_limit"], pd.DataFrame(rows), note)
 
 
