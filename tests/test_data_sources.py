@@ -1,10 +1,7 @@
 """Real sources: registry, backends, held-out separation, the CLI verbs."""
 import json
-import subprocess
-import sys
 
 import pytest
-import torch
 
 from calib_lib.cli import main
 from calib_lib.data import SOURCES, get_source, source_table

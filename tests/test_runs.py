@@ -168,6 +168,24 @@ def test_sweep_rerun_is_all_cache_hits_with_identical_numbers(tmp_path):
     assert len(frame) == 12 and set(frame["calibration.source"]) == {"news", "books"}
 
 
+def test_runs_record_cpu_seconds_that_a_pause_does_not_inflate(tmp_path, monkeypatch):
+    """Wall-clock timings count a pause (SIGSTOP, a second heavy job); the CPU seconds beside them do not."""
+    from calib_lib.runs import runner
+    real = runner.compress_run
+
+    def paused(*args, **kwargs):
+        time.sleep(0.4)                       # the process gets no CPU, as under SIGSTOP
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "compress_run", paused)
+    record = runner.execute(spec())
+    wall, cpu = record["timings"], record["cpu_seconds"]
+    assert set(cpu) == set(wall) >= {"load", "calibration", "compression", "evaluation", "total"}
+    assert all(value >= 0 for value in cpu.values())
+    assert wall["compression"] >= 0.4 and wall["compression"] - cpu["compression"] > 0.3
+    assert cpu["total"] >= cpu["evaluation"] > 0
+
+
 def _done(store_path) -> int:
     """Finished runs, read without taking a write lock (the sweep may be writing)."""
     import sqlite3

@@ -152,10 +152,17 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     from ..evaluate.records import pack_blocks
     from ..evaluate.suite import ensure_dense_references, score
 
-    timings = {}
-    started = time.time()
+    # Wall-clock seconds per phase, and the process's CPU seconds (every thread) beside them: a run slowed by a
+    # second heavy job, or paused (SIGSTOP) mid-way, keeps honest CPU figures for cost estimates.
+    timings, cpu_seconds = {}, {}
+    started, cpu_started = time.time(), time.process_time()
+
+    def phase_done(name, wall_since, cpu_since):
+        timings[name] = time.time() - wall_since
+        cpu_seconds[name] = time.process_time() - cpu_since
+
     model, tokenizer = pristine_model(spec.model, spec.dtype)
-    timings["load"] = time.time() - started
+    phase_done("load", started, cpu_started)
     record: dict = {"versions": spec.versions(),
                     "model_provenance": model.calib_provenance.to_dict()}
     model_id = model_identity(spec.model, spec.dtype)          # the dense model this run is compared with
@@ -164,30 +171,30 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     if spec.suite.kl_to_dense:
         # The dense model's next-token distributions on the suite's texts, cached once per (model, text,
         # windows): computed now, while the weights in memory are still the uncompressed ones.
-        t = time.time()
+        t, c = time.time(), time.process_time()
         ensure_dense_references(model, tokenizer, spec.suite, model_id, progress=progress)
-        timings["dense_reference"] = time.time() - t
+        phase_done("dense_reference", t, c)
     calibration = None
     if spec.calibration is not None:
-        t = time.time()
+        t, c = time.time(), time.process_time()
         cal = sample(spec.calibration, tokenizer, model, progress=progress)
         calibration = cal.input_ids
-        timings["calibration"] = time.time() - t
+        phase_done("calibration", t, c)
         record.update(calibration_fingerprint=cal.fingerprint, calibration_origin=cal.origin,
                       calibration_diagnostics=diagnostics(cal.input_ids, len(tokenizer)))
     if spec.method != "dense":
-        t = time.time()
+        t, c = time.time(), time.process_time()
         report = compress_run(spec, model, calibration, progress)
-        timings["compression"] = time.time() - t
+        phase_done("compression", t, c)
         sparsities = [v["sparsity"] for v in report["layers"].values() if "sparsity" in v]
         record["compression"] = {"damping_retries": report["damping_retries"],
                                  "mean_layer_sparsity": sum(sparsities) / len(sparsities) if sparsities else None}
     vocabulary_metrics = []
     if spec.vocabulary is not None:
-        t = time.time()
+        t, c = time.time(), time.process_time()
         model, record["vocabulary"], vocabulary_metrics = prune_run_vocabulary(spec, model, tokenizer, progress)
-        timings["vocabulary"] = time.time() - t
-    t = time.time()
+        phase_done("vocabulary", t, c)
+    t, c = time.time(), time.process_time()
     evaluation = score(model, tokenizer, spec.suite, progress=progress, model_id=model_id, model_name=spec.model)
     record["metrics"] = evaluation.metrics + vocabulary_metrics
     if evaluation.generation is not None:
@@ -195,9 +202,10 @@ def execute(spec: RunSpec, progress: bool = False) -> dict:
     if spec.vocabulary is not None:
         record["vocabulary"]["oov_input_tokens"] = model.vocab_pruning.oov_tokens
     record["documents"] = pack_blocks(evaluation.documents)      # the store keeps them in their own table
-    timings["evaluation"] = time.time() - t
-    timings["total"] = time.time() - started
+    phase_done("evaluation", t, c)
+    phase_done("total", started, cpu_started)
     record["timings"] = timings
+    record["cpu_seconds"] = cpu_seconds
     record["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     record["environment"] = environment()
     return record
