@@ -229,10 +229,17 @@ def cmd_study(args) -> int:
         if args.plan:
             store = study.results_store(results_dir, read_only=True) if (results_dir / "runs").is_dir() else None
             summary = study.plan_summary(frame, store)
-            print(summary.to_string(index=False))
+            print(summary.to_string(index=False, na_rep="?", float_format=lambda hours: f"{hours:.1f}"))
             print(f"{len(frame)} runs in all, {int(summary['done'].sum())} done (tier 0: the dense model, baselines "
                   "and the claims' pair of methods; 1: other methods; 2: grids only notebooks 01-05 read; 3: 09's selectors, "
                   "after every model; 4: 08's summaries, last)")
+            known = summary["hours_left"].dropna()
+            unknown = summary.loc[summary["hours_left"].isna(), "runs"].sum() - summary.loc[
+                summary["hours_left"].isna(), "done"].sum()
+            print(f"hours_left: ~{known.sum():.1f} CPU-hours for the runs whose model and kind have finished runs "
+                  "(the median wall time of finished runs of the same model, method and kind, on this store's "
+                  "machines)" + (f"; {int(unknown)} more run(s) (?) have no finished run of their model and kind "
+                                 "to estimate from yet" if unknown else ""))
             return 0
         store = study.results_store(results_dir)
         summary = study.run_plan(profile, store, models=models, backend=args.backend or profile.backend,

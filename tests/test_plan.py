@@ -91,6 +91,28 @@ def test_plan_summary_counts_done_runs(tmp_path):
     assert isinstance(summary, pd.DataFrame)
 
 
+def test_plan_summary_estimates_hours_left_from_finished_runs_of_the_same_kind(tmp_path):
+    cfg = study.get_profile("tiny")
+    frame = study.plan(cfg)
+    store = study.results_store(tmp_path)
+    classes = frame["spec"].map(lambda spec: plan_mod.cost_class(spec.normalized()))
+    sparsegpt = frame[classes.map(lambda c: c[1:] == ("sparsegpt", False, False, False))]
+    for (_, row), total in zip(sparsegpt.iloc[:3].iterrows(), (10.0, 30.0, 500.0)):   # 500: a paused run
+        store.put(row["key"], "done", row["label"], row["spec"].normalized(),
+                  {"metrics": [], "timings": {"total": total}})
+    seconds = plan_mod.estimated_seconds(frame, plan_mod.run_costs(store))
+    assert (seconds[sparsegpt.index] == 30.0).all()                       # the class's median, not its mean
+    other = classes.map(lambda c: c[1] != "sparsegpt" and not c[3])
+    assert (seconds[other[other].index] == 30.0).all()                     # the model's median for its kind
+    summaries = classes.map(lambda c: c[3])
+    assert summaries.any() and seconds[summaries].isna().all()            # no summary run finished: unknown
+    summary = study.plan_summary(frame, store)
+    left = summary.set_index("grid")["hours_left"]
+    assert pd.isna(left["summarization"]) and left.drop("summarization").notna().all()
+    not_done = (~frame["key"].isin(sparsegpt["key"].iloc[:3])) & ~summaries
+    assert abs(summary["hours_left"].sum() - 30.0 * not_done.sum() / 3600) < 1e-9
+
+
 def test_cli_plan_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     from calib_lib.cli import main
     assert main(["study", "--profile", "tiny", "--plan", "--results-dir", str(tmp_path)]) == 0

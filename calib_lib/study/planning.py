@@ -85,14 +85,53 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
     return frame.drop(columns=["model_rank", "grid_rank", "position"])
 
 
+def cost_class(spec: dict) -> tuple:
+    """What a run's cost depends on most, from its normalized spec: the model, the method, whether its
+    calibration text is generated first (self), whether it generates summaries, whether it prunes the vocabulary."""
+    calibration = spec.get("calibration") or {}
+    return (spec["model"], spec["method"]["name"], calibration.get("source") == "self",
+            bool(spec["eval"].get("summarization")), spec.get("vocabulary") is not None)
+
+
+def run_costs(store: Store) -> pd.DataFrame:
+    """One row per finished run: its ``key``, ``cost_class`` and ``seconds`` (its wall-clock total)."""
+    rows = [{"key": run["key"], "cost_class": cost_class(run["spec"]),
+             "seconds": ((run.get("timings") or {}).get("total"))} for run in store.records("done")]
+    return pd.DataFrame(rows, columns=["key", "cost_class", "seconds"]).dropna(subset=["seconds"])
+
+
+def estimated_seconds(frame: pd.DataFrame, costs: pd.DataFrame) -> pd.Series:
+    """Each planned run's expected wall-clock seconds: the median of the finished runs of its cost class
+    (``cost_class``), else of its model's runs of the same kind (summaries or not), else NaN (no such run yet).
+    Medians, because runs computed while the machine was shared or the sweep was paused record inflated times."""
+    if costs.empty:
+        return pd.Series(float("nan"), index=frame.index)
+    by_class = costs.groupby("cost_class")["seconds"].median()
+    by_kind = costs.groupby(costs["cost_class"].map(lambda c: (c[0], c[3])))["seconds"].median()
+
+    def estimate(spec) -> float:
+        cls = cost_class(spec.normalized())
+        if cls in by_class.index:
+            return float(by_class[cls])
+        return float(by_kind.get((cls[0], cls[3]), float("nan")))
+
+    return frame["spec"].map(estimate)
+
+
 def plan_summary(frame: pd.DataFrame, store: Store | None = None) -> pd.DataFrame:
-    """Runs per (model, tier, grid), and how many are done in `store`."""
+    """Runs per (model, tier, grid), how many are done in `store`, and ``hours_left``: the CPU-hours its
+    missing runs are expected to take on this kind of machine (``estimated_seconds``; NaN where no finished
+    run of the model and kind tells)."""
     if frame.empty:
-        return pd.DataFrame(columns=["model", "tier", "grid", "runs", "done"])
+        return pd.DataFrame(columns=["model", "tier", "grid", "runs", "done", "hours_left"])
     states = store.status(frame["key"].tolist()) if store is not None else {}
     done = frame["key"].map(lambda key: states.get(key) == "done")
-    out = (frame.assign(done=done).groupby(["model", "tier", "grid"], sort=False)
-           .agg(runs=("key", "size"), done=("done", "sum")).reset_index())
+    seconds = estimated_seconds(frame, run_costs(store) if store is not None else pd.DataFrame(
+        columns=["key", "cost_class", "seconds"]))
+    left = seconds.where(~done, 0.0) / 3600
+    out = (frame.assign(done=done, hours_left=left).groupby(["model", "tier", "grid"], sort=False)
+           .agg(runs=("key", "size"), done=("done", "sum"),
+                hours_left=("hours_left", lambda h: h.sum(min_count=len(h)))).reset_index())
     return out
 
 
