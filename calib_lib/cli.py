@@ -247,12 +247,36 @@ def cmd_study(args) -> int:
         print(f"{args.profile}: {summary['total']} runs asked for, {summary['cached']} already in {results_dir / 'runs'}, "
               f"{summary['done']} done now, {summary['failed']} failed ({summary['seconds']:.0f} s)")
         return 0 if not summary["failed"] else 1
+    _refuse_foreground_sweep(args, REPO)
     rows = execute_notebooks(args.profile, only=args.only, results_dir=args.results_dir, figures_dir=args.figures_dir,
                    model=args.model, backend=args.backend, html=not args.no_html)
     for row in rows:
         print(f"{row['notebook']:<22} {row['seconds']:>8.1f} s  {row['executed']}")
     print(f"{len(rows)} notebook(s) in {time.time() - started:.1f} s")
     return 0
+
+
+def _refuse_foreground_sweep(args, repo: Path) -> None:
+    """A profile meant to be swept first (``Profile.sweep_first``: standard, paper) whose plan is not complete
+    would have its notebooks compute the missing runs one after the other in the foreground, for hours: refused,
+    naming the background sweep, unless ``--allow-runs`` (or only notebooks that read the store are asked for)."""
+    from . import study
+    from .notebooks import READS_ONLY, notebook_names
+    profile = study.get_profile(args.profile, model=args.model)
+    if not profile.sweep_first or args.allow_runs or set(notebook_names(args.only)) <= set(READS_ONLY):
+        return
+    results_dir = Path(args.results_dir or repo / "results" / args.profile)
+    frame = study.plan(profile, [args.model] if args.model else None)
+    store = study.results_store(results_dir, read_only=True) if (results_dir / "runs").is_dir() else None
+    summary = study.plan_summary(frame, store)
+    missing = int(summary["runs"].sum() - summary["done"].sum())
+    if missing:
+        hours = summary["hours_left"].dropna().sum()
+        cost = f" (~{hours:.0f} CPU-hours or more)" if hours else ""
+        raise InvalidInput(f"{missing} of the {len(frame)} runs the {args.profile} notebooks read are not in "
+                           f"{results_dir / 'runs'}{cost}: compute them first in the background with `calib study "
+                           f"--profile {args.profile} --runs-only` (resumable; --verdicts reads interim verdicts), "
+                           "or pass --allow-runs to let the notebooks compute them in the foreground")
 
 
 def _study_verdicts(args, repo: Path) -> int:
@@ -491,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verdicts", action="store_true",
                    help="the six claims' verdicts from the runs stored so far (each model of the profile's findings, "
                         "or --model), with how many of each grid's runs are there; start nothing, write nothing")
+    p.add_argument("--allow-runs", action="store_true",
+                   help="let the notebooks of a profile meant to be swept first (standard, paper) compute its missing "
+                        "runs themselves, in the foreground (refused by default: use --runs-only in the background)")
     p.add_argument("--limit", type=int, help="with --runs-only: at most this many missing runs, in plan order")
     p.add_argument("--address", help="with --runs-only --backend ray: join this Ray cluster (default: a local one)")
     p.set_defaults(func=cmd_study)

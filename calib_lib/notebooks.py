@@ -24,6 +24,8 @@ STUDIES = ("01_sample_count", "02_sequence_length", "03_source_domain", "04_seed
 # 10_explore shows every run of the store interactively (no run of its own); 00_overview comes last to index
 # every finding.
 ORDER = STUDIES + ("06_findings", "10_explore", "00_overview")
+# notebooks that only read the store (every other one computes the runs it misses)
+READS_ONLY = ("00_overview", "10_explore")
 
 
 class NotebookFailed(UserError, RuntimeError):

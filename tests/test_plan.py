@@ -3,6 +3,7 @@ import pandas as pd
 
 from calib_lib import study
 from calib_lib.study import grids, planning as plan_mod, profiles
+from conftest import REPO
 
 
 def _notebook_keys(profile):
@@ -119,6 +120,37 @@ def test_cli_plan_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{len(study.plan('tiny'))} runs in all, 0 done" in out and "baselines" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "runs.sqlite").exists()
+
+
+def test_notebooks_of_a_sweep_first_profile_refuse_to_start_its_missing_runs(tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from calib_lib import cli
+    swept = replace(profiles.PROFILES["tiny"], sweep_first=True)
+    monkeypatch.setitem(profiles.PROFILES, "tiny", swept)
+    frame = study.plan(swept)
+    store = study.results_store(tmp_path)
+    for row in frame.iloc[:-1].itertuples():
+        store.put(row.key, "done", row.label, row.spec.normalized(), {"metrics": [], "timings": {"total": 7200.0}})
+    store.export_archive()
+    assert cli.main(["study", "--profile", "tiny", "--results-dir", str(tmp_path), "--no-html"]) == 2
+    err = capsys.readouterr().err
+    assert f"1 of the {len(frame)} runs" in err and "--runs-only" in err and "--allow-runs" in err
+    assert "~2 CPU-hours" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.ipynb"))                                  # no notebook executed
+    args = cli.build_parser().parse_args(["study", "--profile", "tiny", "--results-dir", str(tmp_path)])
+    for only, allow in ((["10_explore", "00_overview"], False), (None, True)):  # read-only notebooks; told to
+        args.only, args.allow_runs = only, allow
+        cli._refuse_foreground_sweep(args, REPO)
+    last = frame.iloc[-1]
+    store.put(last["key"], "done", last["label"], last["spec"].normalized(), {"metrics": []})
+    store.export_archive()
+    args.only, args.allow_runs = None, False
+    cli._refuse_foreground_sweep(args, REPO)                                 # the plan is complete
+    monkeypatch.setitem(profiles.PROFILES, "tiny", replace(swept, sweep_first=False))
+    assert not (tmp_path / "empty").exists()
+    args.results_dir = str(tmp_path / "empty")
+    cli._refuse_foreground_sweep(args, REPO)                                 # quick and tiny compute their own
 
 
 def test_results_guide_counts_archived_runs_and_shows_repo_relative_folders(tmp_path):

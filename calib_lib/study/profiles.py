@@ -40,6 +40,9 @@ class Profile:
     self_methods: tuple = ()             # 05: methods run on self-generated data in addition to ``methods``
     optional_sources: tuple = ()         # 03: real sources added where this machine has them (the mirror's c4, ...)
     replicates: int = 2                  # noise floor: float-order replicates of each method's base run
+    # the notebooks read a finished sweep (`calib study --runs-only`, tens of hours): `calib study` refuses to
+    # execute notebooks that would start its missing runs in the foreground, unless told to (--allow-runs)
+    sweep_first: bool = False
     seq_len_regimes: tuple = ("budget", "count")   # 02: at a fixed token budget, at a fixed sample count
     variance_methods: tuple | None = None  # 04: the methods drawn `sets` times (None: ``methods``)
     count_methods: tuple | None = None     # 01, 02: the methods run over sample counts and lengths (None: ``methods``)
@@ -160,7 +163,8 @@ PROFILES = {
         # 08: both models, the summarization paper's methods at 50% and 2:4, three sets of an in-domain (news), a
         # general (wikipedia) and a far (code) source; 64 documents of each dataset (the last tier of the sweep)
         summary_models=("smollm2-135m", "gemma3-270m"), summary_methods=(WANDA, SPARSEGPT, WANDA_24, SPARSEGPT_24),
-        summary_sources=("news", "wikipedia", "code"), summary_sets=3, summary_eval=SUMMARY_STANDARD),
+        summary_sources=("news", "wikipedia", "code"), summary_sets=3, summary_eval=SUMMARY_STANDARD,
+        sweep_first=True),
     "paper": Profile(
         "paper", "the papers' settings (128 x 2048, ten non-overlapping sets, every source, ten full tasks): "
                  "meant for GPUs through the Ray backend",
@@ -179,7 +183,8 @@ PROFILES = {
                    "document-start", "chat"), selection_methods=(SPARSEGPT, WANDA, GPTQ3, AWQ3), selection_sets=10,
         summary_models=("smollm2-135m",), summary_methods=(WANDA, SPARSEGPT, WANDA_24, SPARSEGPT_24),
         summary_sources=("c4", "news", "wikipedia", "code"), summary_sets=5,
-        summary_eval={**SUMMARY_STANDARD, "documents": None, "max_input_tokens": 2048, "max_new_tokens": 64}),
+        summary_eval={**SUMMARY_STANDARD, "documents": None, "max_input_tokens": 2048, "max_new_tokens": 64},
+        sweep_first=True),
 }
 
 
