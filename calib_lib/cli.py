@@ -227,7 +227,7 @@ def cmd_study(args) -> int:
         models = [args.model] if args.model else None
         frame = study.plan(profile, models)
         if args.plan:
-            store = study.results_store(results_dir, read_only=True) if (results_dir / "runs").is_dir() else None
+            store = study.stored_results(results_dir)
             summary = study.plan_summary(frame, store)
             print(summary.to_string(index=False, na_rep="?", float_format=lambda hours: f"{hours:.1f}"))
             print(f"{len(frame)} runs in all, {int(summary['done'].sum())} done (tier 0: the dense model, baselines "
@@ -236,10 +236,10 @@ def cmd_study(args) -> int:
             known = summary["hours_left"].dropna()
             unknown = summary.loc[summary["hours_left"].isna(), "runs"].sum() - summary.loc[
                 summary["hours_left"].isna(), "done"].sum()
-            print(f"hours_left: ~{known.sum():.1f} CPU-hours for the runs whose model and kind have finished runs "
-                  "(the median wall time of finished runs of the same model, method and kind, on this store's "
-                  "machines)" + (f"; {int(unknown)} more run(s) (?) have no finished run of their model and kind "
-                                 "to estimate from yet" if unknown else ""))
+            print(f"hours_left: ~{known.sum():.1f} hours of this kind of machine for the missing runs whose model "
+                  "and kind have finished runs (the median wall time of finished runs of the same model, method and "
+                  "kind)" + (f"; {int(unknown)} more run(s) (?) have no finished run of their model and kind to "
+                             "estimate from yet" if unknown else ""))
             return 0
         store = study.results_store(results_dir)
         summary = study.run_plan(profile, store, models=models, backend=args.backend or profile.backend,
@@ -257,26 +257,36 @@ def cmd_study(args) -> int:
 
 
 def _refuse_foreground_sweep(args, repo: Path) -> None:
-    """A profile meant to be swept first (``Profile.sweep_first``: standard, paper) whose plan is not complete
-    would have its notebooks compute the missing runs one after the other in the foreground, for hours: refused,
-    naming the background sweep, unless ``--allow-runs`` (or only notebooks that read the store are asked for)."""
+    """A profile meant to be swept first (``Profile.sweep_first``: standard, paper) would have its notebooks
+    compute the runs they miss one after the other in the foreground, for hours: refused while any run the
+    chosen notebooks read (``study.notebook_keys``) is missing, naming the background sweep, unless
+    ``--allow-runs``."""
     from . import study
-    from .notebooks import READS_ONLY, notebook_names
+    from .notebooks import notebook_names
     profile = study.get_profile(args.profile, model=args.model)
-    if not profile.sweep_first or args.allow_runs or set(notebook_names(args.only)) <= set(READS_ONLY):
+    if not profile.sweep_first or args.allow_runs:
         return
+    needed = study.notebook_keys(profile, notebook_names(args.only), args.model)
     results_dir = Path(args.results_dir or repo / "results" / args.profile)
+    if needed <= {path.stem for path in (results_dir / "runs").glob("*.zip")}:    # by name: no store opened
+        return
+    store = study.stored_results(results_dir)
+    states = store.status(sorted(needed)) if store is not None else {}
+    missing = {key for key in needed if states.get(key) != "done"}
+    if not missing:
+        return
     frame = study.plan(profile, [args.model] if args.model else None)
-    store = study.results_store(results_dir, read_only=True) if (results_dir / "runs").is_dir() else None
-    summary = study.plan_summary(frame, store)
-    missing = int(summary["runs"].sum() - summary["done"].sum())
-    if missing:
-        hours = summary["hours_left"].dropna().sum()
-        cost = f" (~{hours:.0f} CPU-hours or more)" if hours else ""
-        raise InvalidInput(f"{missing} of the {len(frame)} runs the {args.profile} notebooks read are not in "
-                           f"{results_dir / 'runs'}{cost}: compute them first in the background with `calib study "
-                           f"--profile {args.profile} --runs-only` (resumable; --verdicts reads interim verdicts), "
-                           "or pass --allow-runs to let the notebooks compute them in the foreground")
+    frame = frame[frame["key"].isin(missing)]
+    known = study.planning.estimated_seconds(frame, study.planning.run_costs(store) if store is not None
+                                             else study.planning.run_costs_empty())
+    hours = known.sum() / 3600
+    unknown = len(missing) - int(known.notna().sum())
+    cost = ("" if not known.notna().any() else
+            f" (~{hours:.1f} hours on this kind of machine{' and more' if unknown else ''})")
+    raise InvalidInput(f"{len(missing)} of the {len(needed)} runs these {args.profile} notebooks read are not in "
+                       f"{results_dir / 'runs'}{cost}: compute them first in the background with `calib study "
+                       f"--profile {args.profile} --runs-only` (resumable; --verdicts reads interim verdicts), or "
+                       "pass --allow-runs to let the notebooks compute them in the foreground")
 
 
 def _study_verdicts(args, repo: Path) -> int:

@@ -125,32 +125,53 @@ def test_cli_plan_prints_the_plan_and_starts_nothing(tmp_path, capsys):
 def test_notebooks_of_a_sweep_first_profile_refuse_to_start_its_missing_runs(tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 
+    import pytest
+
     from calib_lib import cli
+    from calib_lib.errors import InvalidInput
+    from calib_lib.notebooks import notebook_names
     swept = replace(profiles.PROFILES["tiny"], sweep_first=True)
     monkeypatch.setitem(profiles.PROFILES, "tiny", swept)
     frame = study.plan(swept)
+    needed = study.notebook_keys(swept, notebook_names(None))
+    assert needed == set(frame["key"])                  # the plan is what the notebooks read, both ways
+    last = frame[frame["grid"] == "summarization"].iloc[-1]      # only 08 reads it
     store = study.results_store(tmp_path)
-    for row in frame.iloc[:-1].itertuples():
+    for row in frame[frame["key"] != last["key"]].itertuples():
         store.put(row.key, "done", row.label, row.spec.normalized(), {"metrics": [], "timings": {"total": 7200.0}})
     store.export_archive()
     assert cli.main(["study", "--profile", "tiny", "--results-dir", str(tmp_path), "--no-html"]) == 2
     err = capsys.readouterr().err
-    assert f"1 of the {len(frame)} runs" in err and "--runs-only" in err and "--allow-runs" in err
-    assert "~2 CPU-hours" in err and len(err.strip().splitlines()) == 1
+    assert f"1 of the {len(needed)} runs" in err and "--runs-only" in err and "--allow-runs" in err
+    assert "(~2.0 hours on this kind of machine)" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.ipynb"))                                  # no notebook executed
     args = cli.build_parser().parse_args(["study", "--profile", "tiny", "--results-dir", str(tmp_path)])
-    for only, allow in ((["10_explore", "00_overview"], False), (None, True)):  # read-only notebooks; told to
+    for only, allow in ((["10_explore", "00_overview"], False), (["04_seed_variance", "06_findings"], False),
+                        (None, True)):                  # read-only notebooks; notebooks whose runs are all stored
         args.only, args.allow_runs = only, allow
         cli._refuse_foreground_sweep(args, REPO)
-    last = frame.iloc[-1]
+    args.only, args.allow_runs = ["08_summarization"], False
+    with pytest.raises(InvalidInput, match=r"1 of the \d+ runs these tiny notebooks read"):
+        cli._refuse_foreground_sweep(args, REPO)
+    args.only, args.results_dir = None, str(tmp_path / "empty")        # nothing stored: no estimate, no folder
+    with pytest.raises(InvalidInput, match=f"{len(needed)} of the {len(needed)} runs") as refused:
+        cli._refuse_foreground_sweep(args, REPO)
+    assert "hours" not in str(refused.value) and not (tmp_path / "empty").exists()
     store.put(last["key"], "done", last["label"], last["spec"].normalized(), {"metrics": []})
     store.export_archive()
-    args.only, args.allow_runs = None, False
-    cli._refuse_foreground_sweep(args, REPO)                                 # the plan is complete
+    args.results_dir = str(tmp_path)
+    cli._refuse_foreground_sweep(args, REPO)                                 # every run is stored
     monkeypatch.setitem(profiles.PROFILES, "tiny", replace(swept, sweep_first=False))
-    assert not (tmp_path / "empty").exists()
     args.results_dir = str(tmp_path / "empty")
     cli._refuse_foreground_sweep(args, REPO)                                 # quick and tiny compute their own
+
+
+def test_a_model_named_explicitly_gets_its_summary_grid_in_the_plan():
+    cfg = study.get_profile("tiny", model="tiny-gemma3")
+    assert "tiny-gemma3" not in cfg.summary_models
+    frame = study.plan(cfg, ["tiny-gemma3"])
+    keys = study.notebook_keys(cfg, ["08_summarization"], "tiny-gemma3")
+    assert keys and keys <= set(frame["key"])
 
 
 def test_results_guide_counts_archived_runs_and_shows_repo_relative_folders(tmp_path):

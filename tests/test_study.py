@@ -131,11 +131,36 @@ EXPECTED_FIGURES = ["01_sample_count-trend", "02_sequence_length-trend", "03_sou
                     "08_summarization-runs", "08_summarization-claims"]
 
 
+# notebook -> keys of the runs it added to tiny_study's store (the notebooks run in ORDER on one store)
+NOTEBOOK_RUNS: dict[str, set] = {}
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
+    import sqlite3
     out = tmp_path_factory.mktemp("study")
-    rows = notebooks.execute_notebooks("tiny", results_dir=out / "results", figures_dir=out / "figures", log=lambda *a: None)
+    seen: set = set()
+
+    def log(message):
+        if "] done in" in message:
+            with sqlite3.connect(out / "results" / "runs.sqlite") as db:
+                keys = {k for (k,) in db.execute("SELECT key FROM runs WHERE status = 'done'")}
+            NOTEBOOK_RUNS[message[1:message.index("]")]] = keys - seen
+            seen.update(keys)
+
+    rows = notebooks.execute_notebooks("tiny", results_dir=out / "results", figures_dir=out / "figures", log=log)
     return out, rows
+
+
+def test_each_notebook_computes_only_runs_of_its_declared_grids(tiny_study):
+    """`calib study` refuses a sweep-first profile's notebooks by the runs study.notebook_keys says they read:
+    every run a notebook adds must be among them, and the read-only ones add none."""
+    profile = study.get_profile("tiny")
+    assert set(NOTEBOOK_RUNS) == set(notebooks.ORDER) and sum(map(len, NOTEBOOK_RUNS.values())) > 50
+    for name, keys in NOTEBOOK_RUNS.items():
+        assert keys <= study.notebook_keys(profile, [name]), name
+    assert not NOTEBOOK_RUNS["00_overview"] and not NOTEBOOK_RUNS["10_explore"]
+    assert study.notebook_keys(profile, ["00_overview", "10_explore"]) == set()
 
 
 def test_every_notebook_runs_on_the_tiny_profile_and_writes_its_figures(tiny_study):

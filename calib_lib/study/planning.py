@@ -41,6 +41,37 @@ SUMMARY_GRIDS = ("summarization",)
 VOCABULARY_GRIDS = ("vocabulary",)
 
 
+# The grids each study notebook reads, and computes where runs are missing, for the profile's model; 06 reads
+# VERDICT_GRIDS for each findings model, 08 the summary grid of each summary model; 00 and 10 only read the store.
+# (tests/test_study.py checks every run a notebook adds on the tiny profile against these.)
+NOTEBOOK_GRIDS = {"01_sample_count": ("dense", "baselines", "noise_floor", "sample_count"),
+                  "02_sequence_length": ("dense", "noise_floor", "sequence_length"),
+                  "03_source_domain": ("dense", "baselines", "noise_floor", "seed_variance", "source_domain"),
+                  "04_seed_variance": ("dense", "noise_floor", "seed_variance"),
+                  "05_self_calibration": ("dense", "noise_floor", "self_calibration", "source_domain"),
+                  "07_vocabulary": ("dense", "vocabulary"),
+                  "09_selection": ("dense", "seed_variance", "selection")}
+
+
+def notebook_keys(profile: Profile, notebooks, model: str | None = None) -> set[str]:
+    """Keys of every run the `notebooks` read on `profile` (`model`: the notebooks' --model, which 06 and 08
+    take as their only model)."""
+    from .summarization import summarization_grids
+    keys = set()
+    for name in notebooks:
+        if name == "06_findings":
+            for each in ([model] if model else profile.findings_models):
+                cfg = findings_profile(profile, each)
+                keys |= {spec.key for grid in VERDICT_GRIDS for spec in GRIDS[grid](cfg).specs}
+        elif name == "08_summarization":
+            if profile.summary_eval:
+                keys |= {spec.key for grid in summarization_grids(profile, [model] if model else None)
+                         for spec in grid.specs}
+        else:
+            keys |= {spec.key for grid in NOTEBOOK_GRIDS.get(name, ()) for spec in GRIDS[grid](profile).specs}
+    return keys
+
+
 def claim_pair(profile: Profile) -> set[str]:
     """Labels of the claims' pair of methods (``profiles.claim_methods``)."""
     return {method_label(m) for m in claim_methods(profile)}
@@ -53,6 +84,7 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
     ``key``, ``label`` and ``spec`` (the RunSpec). `models`: default the profile's ``findings_models`` with its own
     model first."""
     base = get_profile(profile) if isinstance(profile, str) else profile
+    named = set(models or ())                 # 08 --model X summarises on X, a summary model or not
     models = list(dict.fromkeys(models or (base.model, *base.findings_models, *base.summary_models)))
     rows, seen = [], set()
     for model_rank, model in enumerate(models):
@@ -60,7 +92,8 @@ def plan(profile: str | Profile, models: list[str] | None = None) -> pd.DataFram
         pair = claim_pair(cfg)
         grids = ((VERDICT_GRIDS + VOCABULARY_GRIDS if model in (base.model, *base.findings_models) else ())
                  + (NOTEBOOK_ONLY_GRIDS if model == base.model else ())
-                 + (SUMMARY_GRIDS if model in base.summary_models and base.summary_eval else ()))
+                 + (SUMMARY_GRIDS if (model in base.summary_models or model in named) and base.summary_eval
+                    else ()))
         for grid_rank, grid_name in enumerate(grids):
             for position, (labels, spec) in enumerate(GRIDS[grid_name](cfg).points):
                 if spec.key in seen:
@@ -93,6 +126,11 @@ def cost_class(spec: dict) -> tuple:
             bool(spec["eval"].get("summarization")), spec.get("vocabulary") is not None)
 
 
+def run_costs_empty() -> pd.DataFrame:
+    """``run_costs`` of a store without runs."""
+    return pd.DataFrame(columns=["key", "cost_class", "seconds"])
+
+
 def run_costs(store: Store) -> pd.DataFrame:
     """One row per finished run: its ``key``, ``cost_class`` and ``seconds`` (its wall-clock total)."""
     rows = [{"key": run["key"], "cost_class": cost_class(run["spec"]),
@@ -102,32 +140,34 @@ def run_costs(store: Store) -> pd.DataFrame:
 
 def estimated_seconds(frame: pd.DataFrame, costs: pd.DataFrame) -> pd.Series:
     """Each planned run's expected wall-clock seconds: the median of the finished runs of its cost class
-    (``cost_class``), else of its model's runs of the same kind (summaries or not), else NaN (no such run yet).
+    (``cost_class``), else of its model's runs of the same method and kind (summaries or not), else of its
+    model's runs of that kind, else NaN (no such run yet).
     Medians, because runs computed while the machine was shared or the sweep was paused record inflated times."""
     if costs.empty:
         return pd.Series(float("nan"), index=frame.index)
     by_class = costs.groupby("cost_class")["seconds"].median()
+    by_method = costs.groupby(costs["cost_class"].map(lambda c: (c[0], c[1], c[3])))["seconds"].median()
     by_kind = costs.groupby(costs["cost_class"].map(lambda c: (c[0], c[3])))["seconds"].median()
 
     def estimate(spec) -> float:
         cls = cost_class(spec.normalized())
-        if cls in by_class.index:
-            return float(by_class[cls])
-        return float(by_kind.get((cls[0], cls[3]), float("nan")))
+        for table, part in ((by_class, cls), (by_method, (cls[0], cls[1], cls[3])), (by_kind, (cls[0], cls[3]))):
+            if part in table.index:
+                return float(table[part])
+        return float("nan")
 
     return frame["spec"].map(estimate)
 
 
 def plan_summary(frame: pd.DataFrame, store: Store | None = None) -> pd.DataFrame:
-    """Runs per (model, tier, grid), how many are done in `store`, and ``hours_left``: the CPU-hours its
-    missing runs are expected to take on this kind of machine (``estimated_seconds``; NaN where no finished
-    run of the model and kind tells)."""
+    """Runs per (model, tier, grid), how many are done in `store`, and ``hours_left``: the wall-clock hours its
+    missing runs are expected to take on the machines that computed the stored ones (``estimated_seconds``; NaN
+    where no finished run of the model and kind tells)."""
     if frame.empty:
         return pd.DataFrame(columns=["model", "tier", "grid", "runs", "done", "hours_left"])
     states = store.status(frame["key"].tolist()) if store is not None else {}
     done = frame["key"].map(lambda key: states.get(key) == "done")
-    seconds = estimated_seconds(frame, run_costs(store) if store is not None else pd.DataFrame(
-        columns=["key", "cost_class", "seconds"]))
+    seconds = estimated_seconds(frame, run_costs(store) if store is not None else run_costs_empty())
     left = seconds.where(~done, 0.0) / 3600
     out = (frame.assign(done=done, hours_left=left).groupby(["model", "tier", "grid"], sort=False)
            .agg(runs=("key", "size"), done=("done", "sum"),

@@ -51,6 +51,15 @@ def results_store(results_dir: str | Path, read_only: bool = False) -> Store:
     return Store(results_dir / "runs.sqlite", read_only=read_only, archive=results_dir / "runs")
 
 
+def stored_results(results_dir: str | Path) -> Store | None:
+    """``results_store`` opened read-only where `results_dir` holds runs (run files or a store file); None where
+    it holds none yet (nothing is created either way)."""
+    results_dir = Path(results_dir)
+    if (results_dir / "runs.sqlite").is_file() or any((results_dir / "runs").glob("*.zip")):
+        return results_store(results_dir, read_only=True)
+    return None
+
+
 def notebook_path(path: str | Path) -> Path:
     """A notebook's ``results_dir`` or ``figures_dir`` parameter as a folder. `calib study` passes repository
     folders relative to notebooks/ (``../results/quick``), where papermill runs the kernels, so that executed
