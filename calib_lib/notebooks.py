@@ -2,8 +2,8 @@
 
     calib study --profile quick            # what `make run` does
 
-Notebooks 01-05 run first (each extends the shared results store), then 00_overview, which indexes
-their figures and findings. Executed notebooks and their HTML land in ``results/<profile>/``, figures in
+The studies run first (01-05, 07, 09, 08; each extends the shared results store), then 06_findings and
+10_explore, which read it, and 00_overview last, which indexes their figures and findings (``ORDER``). Executed notebooks and their HTML land in ``results/<profile>/``, figures in
 ``figures/``. A failing notebook raises an error naming the notebook and its failing cell; the
 executed copy up to that cell is kept next to the others for reading, and every finished run stays in
 the store, so a rerun continues where it stopped.

@@ -120,7 +120,7 @@ PROFILES = {
         # quick is sized to stay under 30 min on the slowest 2-core machine measured (34 min with the mirror's
         # c4 and wikitext2 and 2:4 SparseGPT on self-generated data, 2026-12-06): it uses only the sources every
         # machine fetches from PyPI (so its results are the same with or without the mirror), no 2:4 arm in 05
-        # and the papers' sequence-length regime only (a fixed token budget); standard has all three
+        # and the papers' sequence-length regime only (a fixed token budget), as standard
         findings_models=("smollm2-135m",), baselines=(MAGNITUDE, RTN3), seq_len_regimes=("budget",),
         # 07: three runs (~1.5 min): the task vocabulary and two sources' base-size sets, on the dense model
         # (stacked on the methods: standard)
