@@ -277,8 +277,7 @@ def _refuse_foreground_sweep(args, repo: Path) -> None:
         return
     frame = study.plan(profile, [args.model] if args.model else None)
     frame = frame[frame["key"].isin(missing)]
-    known = study.planning.estimated_seconds(frame, study.planning.run_costs(store) if store is not None
-                                             else study.planning.run_costs_empty())
+    known = study.planning.estimated_seconds(frame, store)
     hours = known.sum() / 3600
     unknown = len(missing) - int(known.notna().sum())
     cost = ("" if not known.notna().any() else

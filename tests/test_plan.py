@@ -101,7 +101,7 @@ def test_plan_summary_estimates_hours_left_from_finished_runs_of_the_same_kind(t
     for (_, row), total in zip(sparsegpt.iloc[:3].iterrows(), (10.0, 30.0, 500.0)):   # 500: a paused run
         store.put(row["key"], "done", row["label"], row["spec"].normalized(),
                   {"metrics": [], "timings": {"total": total}})
-    seconds = plan_mod.estimated_seconds(frame, plan_mod.run_costs(store))
+    seconds = plan_mod.estimated_seconds(frame, store)
     assert (seconds[sparsegpt.index] == 30.0).all()                       # the class's median, not its mean
     other = classes.map(lambda c: c[1] != "sparsegpt" and not c[3])
     assert (seconds[other[other].index] == 30.0).all()                     # the model's median for its kind

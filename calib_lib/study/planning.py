@@ -126,11 +126,6 @@ def cost_class(spec: dict) -> tuple:
             bool(spec["eval"].get("summarization")), spec.get("vocabulary") is not None)
 
 
-def run_costs_empty() -> pd.DataFrame:
-    """``run_costs`` of a store without runs."""
-    return pd.DataFrame(columns=["key", "cost_class", "seconds"])
-
-
 def run_costs(store: Store) -> pd.DataFrame:
     """One row per finished run: its ``key``, ``cost_class`` and ``seconds`` (its wall-clock total)."""
     rows = [{"key": run["key"], "cost_class": cost_class(run["spec"]),
@@ -138,12 +133,13 @@ def run_costs(store: Store) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["key", "cost_class", "seconds"]).dropna(subset=["seconds"])
 
 
-def estimated_seconds(frame: pd.DataFrame, costs: pd.DataFrame) -> pd.Series:
+def estimated_seconds(frame: pd.DataFrame, store: Store | None) -> pd.Series:
     """Each planned run's expected wall-clock seconds: the median of the finished runs of its cost class
     (``cost_class``), else of its model's runs of the same method and kind (summaries or not), else of its
     model's runs of that kind, else NaN (no such run yet).
     Medians, because runs computed while the machine was shared or the sweep was paused record inflated times."""
-    if costs.empty:
+    costs = run_costs(store) if store is not None else None
+    if costs is None or costs.empty:
         return pd.Series(float("nan"), index=frame.index)
     by_class = costs.groupby("cost_class")["seconds"].median()
     by_method = costs.groupby(costs["cost_class"].map(lambda c: (c[0], c[1], c[3])))["seconds"].median()
@@ -167,7 +163,7 @@ def plan_summary(frame: pd.DataFrame, store: Store | None = None) -> pd.DataFram
         return pd.DataFrame(columns=["model", "tier", "grid", "runs", "done", "hours_left"])
     states = store.status(frame["key"].tolist()) if store is not None else {}
     done = frame["key"].map(lambda key: states.get(key) == "done")
-    seconds = estimated_seconds(frame, run_costs(store) if store is not None else run_costs_empty())
+    seconds = estimated_seconds(frame, store)
     left = seconds.where(~done, 0.0) / 3600
     out = (frame.assign(done=done, hours_left=left).groupby(["model", "tier", "grid"], sort=False)
            .agg(runs=("key", "size"), done=("done", "sum"),
