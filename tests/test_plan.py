@@ -114,6 +114,27 @@ def test_plan_summary_estimates_hours_left_from_finished_runs_of_the_same_kind(t
     assert abs(summary["hours_left"].sum() - 30.0 * not_done.sum() / 3600) < 1e-9
 
 
+def test_phase_times_are_medians_per_model_and_method_with_cpu_seconds_where_recorded(tmp_path):
+    cfg = study.get_profile("tiny")
+    frame = study.plan(cfg)
+    store = study.results_store(tmp_path)
+    assert study.phase_times(store).empty
+    classes = frame["spec"].map(lambda spec: plan_mod.cost_class(spec.normalized()))
+    sparsegpt = frame[classes.map(lambda c: c[1:] == ("sparsegpt", False, False, False))]
+    for (_, row), total in zip(sparsegpt.iloc[:3].iterrows(), (10.0, 30.0, 500.0)):   # 500: a paused run
+        extra = {"cpu_seconds": {"total": total / 2}} if total != 10.0 else {}           # older runs lack it
+        store.put(row["key"], "done", row["label"], row["spec"].normalized(),
+                  {"metrics": [], "timings": {"compression": total / 5, "total": total}, **extra})
+    failed = frame[classes.map(lambda c: c[1] == "wanda")].iloc[0]
+    store.put(failed["key"], "failed", failed["label"], failed["spec"].normalized(), {"error": "boom"})
+    table = study.phase_times(store)
+    assert list(table.index) == [(cfg.model, "sparsegpt")]                 # the failed run is not counted
+    row = table.iloc[0]
+    assert row["total"] == 30.0 and row["compression"] == 6.0 and row["runs"] == 3
+    assert row["cpu_total"] == (15.0 + 250.0) / 2                          # the median of the runs that have it
+    assert pd.isna(row["calibration"])                                     # no run recorded that phase
+
+
 def test_cli_plan_prints_the_plan_and_starts_nothing(tmp_path, capsys):
     from calib_lib.cli import main
     assert main(["study", "--profile", "tiny", "--plan", "--results-dir", str(tmp_path)]) == 0

@@ -419,3 +419,10 @@ def test_notebook_05_and_claim_f4_pick_the_same_self_generated_set():
     source = table[table["kind"] != "self"].drop(columns=["data", "kind"])
     f4 = findings.f4_self_generated(source, table)
     assert "self (A)" in f4["summary"] and "self (B)" not in f4["summary"]
+
+
+def test_p_values_in_prose_never_read_zero():
+    from calib_lib.study.labels import fmt_p
+    assert fmt_p(0.0) == "< 0.001" and fmt_p(3e-7) == "< 0.001"
+    assert fmt_p(0.0012) == "0.001" and fmt_p(0.0471) == "0.047" and fmt_p(1.0) == "1.000"
+    assert fmt_p(float("nan")) == "n/a" and fmt_p(None) == "n/a"

@@ -27,3 +27,10 @@ def fmt(value: float, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:.{digits}f}"
+
+
+def fmt_p(value: float, floor: float = 0.001) -> str:
+    """A p-value for prose: three decimals, "< 0.001" below the floor (never "0.000"), "n/a" for NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"< {floor:g}" if value < floor else f"{value:.3f}"

@@ -133,6 +133,32 @@ def run_costs(store: Store) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["key", "cost_class", "seconds"]).dropna(subset=["seconds"])
 
 
+PHASES = ("calibration", "compression", "evaluation", "total")
+
+
+def phase_times(store: Store) -> pd.DataFrame:
+    """Where the time of the finished runs goes: per model and method (``+ vocabulary`` where it prunes the
+    embedding, ``+ summaries`` where it generates them), the median wall-clock seconds of each phase, the median
+    CPU seconds of the whole run where recorded (all threads; a pause or a second job on the machine does not
+    count), and the number of runs. Medians, because paused or shared runs record inflated wall times."""
+    rows = []
+    for run in store.records("done"):
+        spec = run["spec"]
+        method = spec["method"]["name"] + (" + vocabulary" if spec.get("vocabulary") is not None else "") \
+            + (" + summaries" if spec["eval"].get("summarization") else "")
+        wall, cpu = run.get("timings") or {}, run.get("cpu_seconds") or {}
+        rows.append({"model": spec["model"], "method": method, **{p: wall.get(p) for p in PHASES},
+                     "cpu_total": cpu.get("total")})
+    columns = ["model", "method", *PHASES, "cpu_total"]
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame.empty:
+        return pd.DataFrame(columns=[*columns, "runs"]).set_index(["model", "method"])
+    grouped = frame.groupby(["model", "method"])
+    table = grouped[[*PHASES, "cpu_total"]].median().astype(float).round(1)
+    table["runs"] = grouped.size()
+    return table
+
+
 def estimated_seconds(frame: pd.DataFrame, store: Store | None) -> pd.Series:
     """Each planned run's expected wall-clock seconds: the median of the finished runs of its cost class
     (``cost_class``), else of its model's runs of the same method and kind (summaries or not), else of its

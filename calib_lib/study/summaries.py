@@ -19,7 +19,7 @@ from scipy import integrate
 from scipy import stats as sps
 
 from .. import power, stats
-from .labels import fmt
+from .labels import fmt, fmt_p
 from .tables import kl_columns, long_metrics, ppl_columns, rank_of, same_domain_gap, task_columns
 
 ALPHA = 0.05
@@ -447,7 +447,7 @@ def sample_count_finding(trends: pd.DataFrame, plateaus: pd.DataFrame, dense_ppl
     for method, row in ppl.iterrows():
         s = (f"{method}: perplexity {row['first']:.1f} with {row.x_first} sample(s), {row.before:.1f} with "
              f"{row.x_before} and {row['last']:.1f} with {row.x_last} (Spearman rho {fmt(rho.loc[method, 'rho'])}, "
-             f"Holm p {fmt(rho.loc[method, 'p_holm'], 3)}); the last step of the grid ({row.x_before} -> "
+             f"Holm p {fmt_p(rho.loc[method, 'p_holm'])}); the last step of the grid ({row.x_before} -> "
              f"{row.x_last}) brought {fmt(100 * row.last_step_share, 0)}% of the total change in log perplexity")
         sd, dof = floor_sd(floor, method, "log_ppl"), floor_dof(floor, method, "log_ppl")
         if np.isfinite(sd):
@@ -483,7 +483,7 @@ def sequence_length_finding(table: pd.DataFrame, trends: pd.DataFrame, floor: pd
         best, worst = row.idxmin(), row.idxmax()
         s = (f"{method}, {regime}: lowest perplexity {row[best]:.1f} at seq_len {best}, highest "
              f"{row[worst]:.1f} at {worst} (Spearman rho {fmt(rho.loc[(regime, method), 'rho'])}, Holm p "
-             f"{fmt(rho.loc[(regime, method), 'p_holm'], 3)})")
+             f"{fmt_p(rho.loc[(regime, method), 'p_holm'])})")
         sd, dof = floor_sd(floor, method, "log_ppl"), floor_dof(floor, method, "log_ppl")
         if np.isfinite(sd):
             gap = math.log(row[worst]) - math.log(row[best])
@@ -526,14 +526,14 @@ def source_domain_finding(analysis: dict) -> str:
     sentences = [
         f"Calibration source {significance(friedman['p_value'], 'changes', 'does not significantly change')} "
         f"perplexity across texts and methods: Friedman chi2 {fmt(friedman['statistic'])}, p "
-        f"{fmt(friedman['p_value'], 4)}, Kendall's W {fmt(friedman['effect_size'])} over {friedman.get('n', 'n/a')} blocks",
+        f"{fmt_p(friedman['p_value'])}, Kendall's W {fmt(friedman['effect_size'])} over {friedman.get('n', 'n/a')} blocks",
         f"calibrating on a text's own domain "
         f"{significance(wil['p_value'], 'lowers' if median_gap > 0 else 'raises', 'does not significantly change')} "
         f"its perplexity: cross-domain / same-domain perplexity, median ratio {fmt(np.exp(median_gap))} (Wilcoxon p "
-        f"{fmt(wil['p_value'], 4)}, rank-biserial r {fmt(wil['effect_size'])}, n {wil.get('n')})",
+        f"{fmt_p(wil['p_value'])}, rank-biserial r {fmt(wil['effect_size'])}, n {wil.get('n')})",
         f"random-vocab ranks last on {len(worst)} of {len(ranks)} (method, metric) pairs"]
     if len(tests) > 2:
-        sentences.insert(1, f"for task accuracy: Friedman p {fmt(tests[1]['p_value'], 4)}, Kendall's W "
+        sentences.insert(1, f"for task accuracy: Friedman p {fmt_p(tests[1]['p_value'])}, Kendall's W "
                             f"{fmt(tests[1]['effect_size'])}")
     return "; ".join(sentences) + "."
 
@@ -565,7 +565,7 @@ def paired_accuracy(documents: pd.DataFrame | None, key_a: str, key_b: str, n_re
 
 def _ci_points(r: dict) -> str:
     return (f"{100 * r['difference']:+.1f} points (95% paired bootstrap CI {100 * r['ci_low']:+.1f} to "
-            f"{100 * r['ci_high']:+.1f}, McNemar p {fmt(r['p_mcnemar'], 3)}, {r['n']} documents)")
+            f"{100 * r['ci_high']:+.1f}, McNemar p {fmt_p(r['p_mcnemar'])}, {r['n']} documents)")
 
 
 def _pooled_set_sd(variance_table: pd.DataFrame | None, label: str) -> tuple[float, int]:
@@ -620,7 +620,7 @@ def source_domain_discussion(analysis: dict, table: pd.DataFrame, floor: pd.Data
         best = gap.loc[gap["log_gap"].idxmax()]
         s = (f"**Same domain**: calibrating on a text's own source gives a median cross/same perplexity ratio of "
              f"{np.exp(gap['log_gap'].median()):.3f} over {len(gap)} (method, text) pairs (Wilcoxon p "
-             f"{fmt(wil['p_value'], 3)}); the largest advantage is {best['text']} with {best['method_label']} "
+             f"{fmt_p(wil['p_value'])}); the largest advantage is {best['text']} with {best['method_label']} "
              f"({np.exp(best['log_gap']):.3f})")
         limits = gap["method_label"].map(lambda m: floor_threshold(floor_sd(floor, m, "log_ppl:text"), alpha,
                                                                     floor_dof(floor, m, "log_ppl:text")))
@@ -668,8 +668,8 @@ def source_domain_discussion(analysis: dict, table: pd.DataFrame, floor: pd.Data
                            + " (Spearman over the sources, random-vocab included).")
     friedman = tests[0] if tests else {}
     supported = significance(friedman.get("p_value", np.nan), "a source effect on perplexity (Friedman p "
-                             f"{fmt(friedman.get('p_value', np.nan), 3)})", "no source effect on perplexity at "
-                             f"p < {alpha:g} (Friedman p {fmt(friedman.get('p_value', np.nan), 3)})", alpha)
+                             f"{fmt_p(friedman.get('p_value', np.nan))})", "no source effect on perplexity at "
+                             f"p < {alpha:g} (Friedman p {fmt_p(friedman.get('p_value', np.nan))})", alpha)
     bullets.append(f"**What this budget supports**: {supported}; accuracy differences between sources smaller than "
                    "the minimum detectable effect above are not resolved, and with one draw per source the source "
                    "effect includes the draw's.")
@@ -775,7 +775,7 @@ def seed_variance_finding(analysis: dict, spread: pd.DataFrame | None = None, sw
     for t in analysis["tests"]:
         if t["test"] == "Brown-Forsythe" and isinstance(t.get("sd"), dict):
             sds = ", ".join(f"{k} SD {v:.3g}" for k, v in t["sd"].items())
-            sentences.append(f"{t['metric']} across sets: {sds} (Brown-Forsythe p {fmt(t['p_value'], 3)})")
+            sentences.append(f"{t['metric']} across sets: {sds} (Brown-Forsythe p {fmt_p(t['p_value'])})")
     if spread is not None and len(spread) and spread["sd / floor"].notna().any():
         ratio = spread[spread["metric"] == "ppl:geomean"].groupby("method_label")["sd / floor"].median().dropna()
         if len(ratio):
@@ -786,7 +786,7 @@ def seed_variance_finding(analysis: dict, spread: pd.DataFrame | None = None, sw
     if len(per_task):
         w = analysis["tests"][-1]
         s = (f"single tasks swing by a median {fmt(per_task['range'].median(), 3)} accuracy across sets "
-             f"against {fmt(mean_range.median(), 3)} for the task mean (Wilcoxon p {fmt(w['p_value'], 4)}, r "
+             f"against {fmt(mean_range.median(), 3)} for the task mean (Wilcoxon p {fmt_p(w['p_value'])}, r "
              f"{fmt(w['effect_size'])}, n {w.get('n')}; larger by construction, since a mean's range cannot exceed "
              "the mean of its parts' ranges)")
         if swing is not None and len(swing) and swing["expected"].notna().any():
@@ -1292,7 +1292,7 @@ def _self_sentence(r: pd.Series, against: str) -> str:
               f" ({r['self - real (points)']:+.1f} points")
         if pd.notna(r.get("paired ci low (points)", np.nan)):
             s += (f", 95% paired bootstrap CI {r['paired ci low (points)']:+.1f} to {r['paired ci high (points)']:+.1f}, "
-                  f"McNemar p {fmt(r['McNemar p'], 3)}, {int(r['documents'])} documents")
+                  f"McNemar p {fmt_p(r['McNemar p'])}, {int(r['documents'])} documents")
         s += ")"
     return s
 
@@ -1317,4 +1317,4 @@ def self_calibration_finding(analysis: dict) -> str:
                     a, f"best of {a['real candidates']} real sources").split(": ", 1)[1]
         sentences.append(s)
     tests = analysis["tests"]
-    return "; ".join(sentences) + (f". Friedman across data: p {fmt(tests[0]['p_value'], 4)}" if tests else "") + "."
+    return "; ".join(sentences) + (f". Friedman across data: p {fmt_p(tests[0]['p_value'])}" if tests else "") + "."
