@@ -185,13 +185,10 @@ class AWQ(QuantParams, Method):
             if not ok:
                 raise FieldError(name, f"awq {name} must be {rule}, got {getattr(self, name)!r}")
 
-    def label(self) -> str:
-        # The published defaults go unnamed; every variant is named wherever it is used.
-        variants = [text for text, on in [("quantized-input search", self.search_input == "quantized"),
-                                          ("tied GQA scales", self.gqa == "tie"),
-                                          (f"search on {self.search_samples} samples", self.search_samples is not None)]
-                    if on]
-        return super().label() + (f" ({', '.join(variants)})" if variants else "")
+    def variants(self) -> list[str]:
+        return super().variants() + [text for text, on in [
+            ("quantized-input search", self.search_input == "quantized"), ("tied GQA scales", self.gqa == "tie"),
+            (f"search on {self.search_samples} samples", self.search_samples is not None)] if on]
 
     # -- the full-precision pass ---------------------------------------------------------------
     def _plan(self, hidden) -> list[tuple[int, int, int]]:

@@ -85,9 +85,16 @@ class Method:
         """The method's main setting in a few characters ('50%', '2:4', '3-bit g128')."""
         return ""
 
+    def variants(self) -> list[str]:
+        """The options set away from the published defaults, named in the label wherever the method is shown
+        (two arms of one method must never share a label); the published defaults go unnamed."""
+        return []
+
     def label(self) -> str:
-        """How the method reads in tables and figures: 'wanda 50%', 'gptq 3-bit g128 (layer order)'."""
-        return " ".join(part for part in (self.name, self.setting()) if part)
+        """How the method reads in tables and figures: 'wanda 50%', 'gptq 3-bit g128 (layer order, act-order)'."""
+        variants = self.variants()
+        return " ".join(part for part in (self.name, self.setting()) if part) + \
+            (f" ({', '.join(variants)})" if variants else "")
 
 
 def added_option(default):
@@ -125,9 +132,8 @@ class LayerwiseMethod(Method):
     def pipeline(self) -> str:
         return self.sequential            # the "layer" and "block" pipelines
 
-    def label(self) -> str:
-        # The published order goes unnamed; the variant is named wherever it is used.
-        return super().label() + (" (layer order)" if self.sequential == "layer" else "")
+    def variants(self) -> list[str]:
+        return super().variants() + (["layer order"] if self.sequential == "layer" else [])
 
 
 # -- parameter blocks shared by the methods of a family (dataclass mixins: put them before the Method base)

@@ -115,6 +115,13 @@ class GPTQ(QuantParams, HessianParams, LayerwiseMethod):
     name = "gptq"
     layer_compressor = GPTQCompressor
 
+    def variants(self) -> list[str]:
+        # Column order moves GPTQ's result a lot on models with outlier channels (and today's llm-compressor
+        # defaults to act-order with static groups), so every order is named wherever it is shown.
+        return super().variants() + [text for text, on in [
+            ("act-order", self.act_order), ("static groups", self.static_groups),
+            ("reference group grid", self.group_grid == "reference")] if on]
+
     def validate(self):
         super().validate()
         if self.group_grid not in GROUP_GRIDS:

@@ -268,6 +268,9 @@ class SpQR(QuantParams, HessianParams, LayerwiseMethod):
         if not isinstance(self.act_order, bool):
             raise FieldError("act_order", f"act_order must be true or false, got {self.act_order!r}")
 
+    def variants(self) -> list[str]:
+        return super().variants() + ([] if self.act_order else ["natural order"])   # the paper permutes
+
     def setting(self) -> str:
         """'3-bit g16', with the statistics and the outlier threshold named when not the defaults:
         '3-bit g16 stats 4-bit g32 outliers 0.5', '4-bit g16 no outliers'."""
