@@ -579,7 +579,8 @@ def f2_random_worst(source_table: pd.DataFrame, variance_table: pd.DataFrame | N
     below 1/k. 'The worst for every method' is an intersection-union test: holds
     when every comparison's 95% CI lies above 0 (p = the largest doubled one-sided p). Does not hold when some
     real source is credibly worse than random-vocab (its CI below 0 at the Bonferroni level over all
-    comparisons). Untestable without a draw-to-draw SD (no source with >= 2 sets) or when a comparison's MDE
+    comparisons). Methods without a draw-to-draw SD (every source drawn once) are left out and named in the
+    summary. Untestable when no method has one (no source with >= 2 sets) or when a comparison's MDE
     exceeds the claimed margin (``F2_MARGIN``: 0.2 log perplexity, 2 accuracy points). There are no ties to
     break: a difference of 0 is a difference of 0. The float floor is inside the draw-to-draw SD; `floor`
     is not needed."""
@@ -589,9 +590,14 @@ def f2_random_worst(source_table: pd.DataFrame, variance_table: pd.DataFrame | N
     if frame.empty:
         return _untestable("F2", "needs random-vocab and >= 1 real source run for a calibrated method",
                            "run the source-domain grid with random-vocab")
-    if frame["df"].min() < 1 or frame["se"].isna().any():
+    # A method whose every source was drawn once has no draw-to-draw SD: it is left out and named, so that
+    # source-domain runs of more methods (Wanda, AWQ) never make the claim untestable for the methods with draws.
+    undrawn = sorted(frame.loc[(frame["df"] < 1) | frame["se"].isna(), "method_label"].unique())
+    frame = frame[~frame["method_label"].isin(undrawn)]
+    if frame.empty:
         return _untestable("F2", "no draw-to-draw SD: needs a real source drawn at >= 2 calibration sets per method",
                            "run the seed-variance grid (sets of each variance source) beside the source-domain grid")
+    untested = (f"; not tested, one draw per source (no draw-to-draw SD): {', '.join(undrawn)}" if undrawn else "")
     if (frame["se"] <= 0).any():
         flat = frame.loc[frame["se"] <= 0].iloc[0]
         return _untestable("F2", f"no variance between the draws of a source ({flat['method_label']}, "
@@ -611,12 +617,15 @@ def f2_random_worst(source_table: pd.DataFrame, variance_table: pd.DataFrame | N
                          "2 accuracy points)", n=int(len(frame)), mde=mde, smallest_p=0.0)
     if mde > 1:
         return _untestable("F2", f"a comparison's MDE is {mde:.2f}x the claimed margin ({worst_case['method_label']}, "
-                                 f"{F2_MEASURES[worst_case['measure']]} vs {worst_case['source']})", decide, **common)
+                                 f"{F2_MEASURES[worst_case['measure']]} vs {worst_case['source']}){untested}", decide,
+                           **common)
     p = _two(float(frame["p_worse"].max()))
     m = len(frame)
     z_band = frame["se"] * sps.t.ppf(1 - alpha / (2 * m), frame["df"])
     against = frame[frame["difference"] + z_band < 0]
     verdict = _decide(p < alpha, not against.empty)
+    if verdict == "inconclusive":
+        decide = _f2_would_decide(frame, m, alpha)
     scaled = frame.assign(s=frame["difference"] / frame["margin"], lo=frame["ci_low"] / frame["margin"],
                           hi=frame["ci_high"] / frame["margin"])
     closest = scaled.loc[scaled["s"].idxmin()]
@@ -628,13 +637,36 @@ def f2_random_worst(source_table: pd.DataFrame, variance_table: pd.DataFrame | N
         parts.append(f"{label}, {F2_MEASURES[measure]}: random-vocab worse than {int((part['ci_low'] > 0).sum())} of "
                      f"{len(part)} sources beyond noise; closest {near['source']} {scale * near['difference']:+.3g} "
                      f"{unit} (95% CI {scale * near['ci_low']:+.3g} to {scale * near['ci_high']:+.3g})")
-    summary = "; ".join(parts) + f"; draws per source: random-vocab {int(frame['n_random'].min())}"
+    summary = "; ".join(parts) + f"; draws per source: random-vocab {int(frame['n_random'].min())}" + untested
     if len(against):
         summary += "; credibly worse than random-vocab: " + ", ".join(
             f"{r.source} ({r.method_label}, {F2_MEASURES[r.measure]})" for r in against.head(4).itertuples())
     return _row("F2", verdict, summary=summary, what_would_decide="" if verdict != "inconclusive" else decide,
                 statistic=float(closest["s"]), p_value=p, effect_size=float(closest["s"]),
                 ci_low=float(closest["lo"]), ci_high=float(closest["hi"]), **common)
+
+
+def _f2_would_decide(frame: pd.DataFrame, m: int, alpha: float = ALPHA) -> str:
+    """What would decide an inconclusive F2 whose comparisons are powered (MDE within the margin): the binding
+    comparison and the draws its interval needs to leave 0, were its difference to stay as it is. Where some
+    real source looks better than random-vocab (a difference below 0), the route is 'does not hold' (its
+    Bonferroni band over the m comparisons below 0); else 'holds' (the weakest comparison's 95% CI above 0)."""
+    z = frame["difference"] / frame["se"]
+    negative = frame["difference"] < 0
+    row = frame.loc[z[negative].idxmin()] if negative.any() else frame.loc[z.idxmin()]
+    level = 1 - alpha / (2 * m) if negative.any() else 1 - alpha / 2
+    unit, scale = ("log ppl", 1) if row["measure"] == "log_ppl" else ("points", 100)
+    what = (f"{row['method_label']}, {F2_MEASURES[row['measure']]}: random-vocab's badness minus {row['source']}'s "
+            f"{scale * row['difference']:+.3g} {unit} (95% CI {scale * row['ci_low']:+.3g} to "
+            f"{scale * row['ci_high']:+.3g}; below 0: random tokens did better)")
+    route = ("to show random tokens credibly better than that source (does not hold)" if negative.any()
+             else "to put every interval above 0 (holds)")
+    if row["difference"] == 0:
+        return f"{what}: a difference of exactly 0 decides nothing at any number of draws"
+    factor = (float(sps.norm.ppf(level)) * row["se"] / abs(row["difference"])) ** 2
+    draws = max(int(row["n_random"]), int(row["n_real"]))
+    return (f"{what}: about {max(factor, 1):.1f}x the draws {route}, ~{math.ceil(max(factor, 1) * draws)} sets "
+            f"of random-vocab and of each real source if the difference stays as it is")
 
 
 # -- F3 ------------------------------------------------------------------------------------------------------
@@ -1059,6 +1091,14 @@ def f6_ppl_vs_accuracy(variance_table: pd.DataFrame, source_table: pd.DataFrame 
     p_ns = _two(float(sps.norm.cdf((z_bar - math.atanh(rho_max)) / se)))
     p = max(p_ns, p_acc)
     verdict = _decide(high < rho_max and p_acc < alpha, low > rho_max)
+    if verdict == "inconclusive" and high < rho_max:
+        # rho's half is decided; what is missing is accuracy moving beyond its noise across sets
+        decide = (f"rho is decided (95% CI below {rho_max:g}); the claim's other half, mean accuracy varying across "
+                  f"sets beyond noise, is not shown (between-set SD beyond noise "
+                  f"{100 * math.sqrt(max(excess.mean(), 0)):.2f} points, against a document noise SD of "
+                  f"{100 * math.sqrt(float(cells['mean_noise'].mean())):.2f}): more documents per task (the noise "
+                  f"falls as 1/sqrt(documents)) or more sets per cell; if accuracy moves no more than this, no "
+                  f"budget will show it")
     rhos = ", ".join(f"{label} {r:+.2f} ({n} runs)" for label, n, r in per)
     summary = (f"rho(-log ppl, accuracy) across sets within (method, source): pooled {rho:+.2f} (95% CI {low:+.2f} "
                f"to {high:+.2f}, {len(runs)} runs in {cells_n} cells){'; per method: ' + rhos if rhos else ''}; "

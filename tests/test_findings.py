@@ -164,6 +164,33 @@ def test_f2_without_a_second_draw_is_untestable():
     assert "seed-variance grid" in row["what_would_decide"]
 
 
+def test_f2_leaves_out_a_method_drawn_once_per_source_and_names_it():
+    """Source-domain runs of a method without sets (Wanda, AWQ in the standard profile) must not make F2
+    untestable for the methods with draws: same verdict and numbers as without them, the extra method named."""
+    source, variance = _random_table(0.5, -0.08)
+    rng = np.random.default_rng(7)
+    extra = pd.DataFrame([_paper_run("wanda 50%", s, 0, rng=rng, acc_noise=0.01, ppl_noise=0.01,
+                                     **({"log_ppl": -0.5, "acc_shift": 0.08} if s == "random-vocab" else {}))
+                          for s in (*SOURCES[:4], "random-vocab")])
+    alone = findings.f2_random_worst(source, variance)
+    row = findings.f2_random_worst(pd.concat([source, extra], ignore_index=True), variance)
+    assert alone["verdict"] == row["verdict"] == "holds"      # random-vocab is *best* for wanda: not tested
+    assert row["ci_low"] == alone["ci_low"] and row["n"] == alone["n"]
+    assert "not tested, one draw per source (no draw-to-draw SD): wanda 50%" in row["summary"]
+    assert "not tested" not in alone["summary"]
+
+
+def test_f2_inconclusive_says_which_comparison_and_how_many_draws_would_decide():
+    # random tokens slightly *better* than the real sources for every method, not beyond the draw noise
+    row = findings.f2_random_worst(*_random_table(-0.004, +0.0005, noise=0.01, random_draws=4, sets=4))
+    assert row["verdict"] == "inconclusive", row["summary"]
+    decide = row["what_would_decide"]
+    assert "random-vocab's badness minus" in decide and "below 0: random tokens did better" in decide
+    assert "credibly better than that source (does not hold)" in decide and "sets of random-vocab" in decide
+    factor = float(decide.split("about ")[1].split("x the draws")[0])
+    assert factor > 1                                # it needs more draws than it has, never fewer
+
+
 def _count_table(pruning_keeps_improving: bool, counts=(1, 2, 4, 8, 16, 32, 64, 128), methods=PAPER):
     rows = []
     for method, family in methods.items():
@@ -282,6 +309,11 @@ def test_f6_rank_agreement():
     table["acc:mean"] = 0.5 - 0.5 * (np.log(table["ppl:geomean"]) - np.log(table["ppl:geomean"]).mean())
     row = findings.f6_ppl_vs_accuracy(table, None, inputs["documents"], inputs["floor"])
     assert row["verdict"] == "does not hold" and row["ci_low"] > 0.5
+    # accuracy does not move across sets: rho's half is decided, and what would decide names the other half
+    inputs = findings.simulate_study("F6", budget, "null", seed=0)
+    row = findings.f6_ppl_vs_accuracy(inputs["variance_table"], None, inputs["documents"], inputs["floor"])
+    assert row["verdict"] == "inconclusive" and row["ci_high"] < 0.5, row["summary"]
+    assert row["what_would_decide"].startswith("rho is decided") and "documents per task" in row["what_would_decide"]
 
 
 # -- bad input: untestable, naming what is missing; never an exception ----------------------------------------
