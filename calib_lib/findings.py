@@ -632,8 +632,7 @@ def f2_random_worst(source_table: pd.DataFrame, variance_table: pd.DataFrame | N
     parts = []
     for (label, measure), part in frame.groupby(["method_label", "measure"], sort=True):
         near = part.loc[part["difference"].idxmin()]
-        unit = "log ppl" if measure == "log_ppl" else "points"
-        scale = 1 if measure == "log_ppl" else 100
+        unit, scale = _f2_unit(measure)
         parts.append(f"{label}, {F2_MEASURES[measure]}: random-vocab worse than {int((part['ci_low'] > 0).sum())} of "
                      f"{len(part)} sources beyond noise; closest {near['source']} {scale * near['difference']:+.3g} "
                      f"{unit} (95% CI {scale * near['ci_low']:+.3g} to {scale * near['ci_high']:+.3g})")
@@ -646,6 +645,11 @@ def f2_random_worst(source_table: pd.DataFrame, variance_table: pd.DataFrame | N
                 ci_low=float(closest["lo"]), ci_high=float(closest["hi"]), **common)
 
 
+def _f2_unit(measure: str) -> tuple[str, int]:
+    """How an F2 difference reads in prose: its unit and the factor from the measure's own scale."""
+    return ("log ppl", 1) if measure == "log_ppl" else ("points", 100)
+
+
 def _f2_would_decide(frame: pd.DataFrame, m: int, alpha: float = ALPHA) -> str:
     """What would decide an inconclusive F2 whose comparisons are powered (MDE within the margin): the binding
     comparison and the draws its interval needs to leave 0, were its difference to stay as it is. Where some
@@ -655,7 +659,7 @@ def _f2_would_decide(frame: pd.DataFrame, m: int, alpha: float = ALPHA) -> str:
     negative = frame["difference"] < 0
     row = frame.loc[z[negative].idxmin()] if negative.any() else frame.loc[z.idxmin()]
     level = 1 - alpha / (2 * m) if negative.any() else 1 - alpha / 2
-    unit, scale = ("log ppl", 1) if row["measure"] == "log_ppl" else ("points", 100)
+    unit, scale = _f2_unit(row["measure"])
     what = (f"{row['method_label']}, {F2_MEASURES[row['measure']]}: random-vocab's badness minus {row['source']}'s "
             f"{scale * row['difference']:+.3g} {unit} (95% CI {scale * row['ci_low']:+.3g} to "
             f"{scale * row['ci_high']:+.3g}; below 0: random tokens did better)")
@@ -1091,11 +1095,12 @@ def f6_ppl_vs_accuracy(variance_table: pd.DataFrame, source_table: pd.DataFrame 
     p_ns = _two(float(sps.norm.cdf((z_bar - math.atanh(rho_max)) / se)))
     p = max(p_ns, p_acc)
     verdict = _decide(high < rho_max and p_acc < alpha, low > rho_max)
+    beyond = 100 * math.sqrt(max(excess.mean(), 0))          # mean accuracy's between-set SD beyond noise, points
     if verdict == "inconclusive" and high < rho_max:
         # rho's half is decided; what is missing is accuracy moving beyond its noise across sets
         decide = (f"rho is decided (95% CI below {rho_max:g}); the claim's other half, mean accuracy varying across "
-                  f"sets beyond noise, is not shown (between-set SD beyond noise "
-                  f"{100 * math.sqrt(max(excess.mean(), 0)):.2f} points, against a document noise SD of "
+                  f"sets beyond noise, is not shown (between-set SD beyond noise {beyond:.2f} points, against a "
+                  f"document noise SD of "
                   f"{100 * math.sqrt(float(cells['mean_noise'].mean())):.2f}): more documents per task (the noise "
                   f"falls as 1/sqrt(documents)) or more sets per cell; if accuracy moves no more than this, no "
                   f"budget will show it")
@@ -1103,7 +1108,7 @@ def f6_ppl_vs_accuracy(variance_table: pd.DataFrame, source_table: pd.DataFrame 
     summary = (f"rho(-log ppl, accuracy) across sets within (method, source): pooled {rho:+.2f} (95% CI {low:+.2f} "
                f"to {high:+.2f}, {len(runs)} runs in {cells_n} cells){'; per method: ' + rhos if rhos else ''}; "
                f"mean accuracy's between-set SD beyond noise "
-               f"{100 * math.sqrt(max(excess.mean(), 0)):.2f} points (t p {_fmt(p_acc)}; {floor_note})")
+               f"{beyond:.2f} points (t p {_fmt(p_acc)}; {floor_note})")
     return _row("F6", verdict, summary=summary, what_would_decide="" if verdict != "inconclusive" else decide,
                 statistic=rho, p_value=p, effect_size=rho, ci_low=low, ci_high=high, **common,
                 p_accuracy_varies=p_acc)

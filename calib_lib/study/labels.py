@@ -22,15 +22,17 @@ def method_family(name: str) -> str:
     return METHODS[name].family if name in METHODS else "none"
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def fmt(value: float, digits: int = 2) -> str:
     """A number for prose: NaN reads as 'n/a'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
+    return "n/a" if _missing(value) else f"{value:.{digits}f}"
 
 
 def fmt_p(value: float, floor: float = 0.001) -> str:
     """A p-value for prose: three decimals, "< 0.001" below the floor (never "0.000"), "n/a" for NaN."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "n/a"
     return f"< {floor:g}" if value < floor else f"{value:.3f}"

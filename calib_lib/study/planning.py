@@ -143,11 +143,10 @@ def phase_times(store: Store) -> pd.DataFrame:
     count), and the number of runs. Medians, because paused or shared runs record inflated wall times."""
     rows = []
     for run in store.records("done"):
-        spec = run["spec"]
-        method = spec["method"]["name"] + (" + vocabulary" if spec.get("vocabulary") is not None else "") \
-            + (" + summaries" if spec["eval"].get("summarization") else "")
+        model, name, _, summaries, vocabulary = cost_class(run["spec"])
+        method = name + (" + vocabulary" if vocabulary else "") + (" + summaries" if summaries else "")
         wall, cpu = run.get("timings") or {}, run.get("cpu_seconds") or {}
-        rows.append({"model": spec["model"], "method": method, **{p: wall.get(p) for p in PHASES},
+        rows.append({"model": model, "method": method, **{p: wall.get(p) for p in PHASES},
                      "cpu_total": cpu.get("total")})
     columns = ["model", "method", *PHASES, "cpu_total"]
     frame = pd.DataFrame(rows, columns=columns)
