@@ -51,16 +51,60 @@ def test_runs_view_spec_has_the_filters_tooltips_and_fixed_colours():
     assert {"method", "source", "set", "samples", "seq_len", "key", "value"} <= set(tooltip)
     scale = spec["encoding"]["color"]["scale"]
     assert scale["range"][scale["domain"].index("sparsegpt 50%")] == method_color("sparsegpt 50%")
-    data = next(iter(spec["datasets"].values()))
-    assert len(data) == 24 and {"key", "metric", "value"} <= set(data[0])
+    # one embedded record per run (the spec once, each metric a field), folded into (metric, value) in the browser
+    data = spec["data"]["values"]
+    assert len(data) == 5 and {"key", "method", "source", "ppl:geomean", "acc:piqa"} <= set(data[0])
+    fold = next(t for t in spec["transform"] if "fold" in t)
+    assert set(fold["fold"]) == {"kl:geomean", "ppl:geomean", "acc:mean", "acc:piqa", "ppl:news"}
+    assert fold["as"] == ["metric", "value"]
+    dense = next(row for row in data if row["method"] == "dense")
+    assert "kl:geomean" not in dense and dense["ppl:geomean"] == 20.0    # left out as in the long table
 
 
 def test_count_view_reads_calibrated_runs_only():
     spec = explore.count_view(explore.long_table(_runs())).spec()
-    data = next(iter(spec["datasets"].values()))
-    assert {row["key"] for row in data} == {"k1", "k2", "k3", "k4"}
+    assert {row["key"] for row in spec["data"]["values"]} == {"k1", "k2", "k3", "k4"}
     with pytest.raises(ValueError, match="no calibrated runs"):
         explore.count_view(explore.long_table(_runs().iloc[:1]))
+
+
+def _drawn_points(spec: dict, metric: str) -> int:
+    """The points Vega draws for ``spec`` with ``metric`` picked (vl-convert runs the real Vega runtime)."""
+    import json
+    import re
+
+    import vl_convert
+    spec = json.loads(json.dumps(spec))
+    next(p for p in spec["params"] if p["name"] == "pick_metric")["value"] = metric
+    svg = vl_convert.vegalite_to_svg(spec)
+    group = re.search(r'<g class="mark-symbol role-mark[^"]*"[^>]*>(.*?)</g>', svg, re.S)
+    return group.group(1).count("<path") if group else 0
+
+
+def test_views_draw_one_point_per_row_of_the_long_table():
+    """The browser's fold rebuilds the long table: for every metric, as many points as the table has rows
+    (a name with a dot, which Vega-Lite would read as nested access, included); values keep 5 digits."""
+    runs = _runs().assign(**{"ppl:wiki.text": [11.0, 12.0, None, 14.0, 15.0],
+                             "ppl:geomean": [20.0, 21.123456789, 22.0, 23.0, 24.0]})
+    table = explore.long_table(runs)
+    runs_spec = explore.runs_view(table).spec()
+    count_table = table[(table["samples"] > 0) & (table["replicate"] <= 0)]
+    count_spec = explore.count_view(table).spec()
+    for metric in table["metric"].unique():
+        assert _drawn_points(runs_spec, metric) == (table["metric"] == metric).sum(), metric
+        assert _drawn_points(count_spec, metric) == (count_table["metric"] == metric).sum(), metric
+    assert next(r for r in runs_spec["data"]["values"] if r["key"] == "k1")["ppl:geomean"] == 21.123
+
+
+def test_embedded_data_is_smaller_than_the_long_table():
+    """Why the views fold in the browser: the spec fields once per run, not once per (run, metric)."""
+    import json
+    runs = pd.concat([_runs().assign(key=lambda d, i=i: d["key"] + f"-{i}") for i in range(20)], ignore_index=True)
+    for task in ("arc_easy", "arc_challenge", "winogrande", "openbookqa", "lambada_openai"):
+        runs[f"acc:{task}"] = 0.4
+    table = explore.long_table(runs)
+    embedded = json.dumps(explore.runs_view(table).spec()["data"]["values"])
+    assert len(embedded) < len(table.to_json(orient="records")) / 3
 
 
 def test_html_has_the_bundle_once_and_no_cdn(monkeypatch, tmp_path):
