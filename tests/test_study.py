@@ -3,6 +3,7 @@ import json
 import math
 
 import nbformat
+import pandas as pd
 import pytest
 
 from calib_lib import notebooks, study
@@ -186,6 +187,9 @@ def test_every_notebook_runs_on_the_tiny_profile_and_writes_its_figures(tiny_stu
     assert set(findings) == set(notebooks.STUDIES) | {"06_findings"}
     for text in (f["text"] for f in findings.values()):
         assert text and "nan" not in text.lower().replace("n/a", "")
+    # 05 pairs its self-generated runs with 03's real sources too: each comparison, with either, has its paired CI
+    f05 = findings["05_self_calibration"]["text"]
+    assert f05.count("paired bootstrap CI") == f05.count("base source") + f05.count("(as claim F4)") > 0
     overview = nbformat.read(out / "results" / "00_overview.ipynb", as_version=4)
     rendered = json.dumps([c.get("outputs") for c in overview.cells if c.cell_type == "code"])
     assert "01_sample_count-trend.png" in rendered and findings["04_seed_variance"]["text"][:40] in rendered
@@ -329,3 +333,16 @@ def test_wide_table_keeps_kl_and_standard_errors_apart_from_perplexity(tmp_path)
     assert row["replicate"] == 0
     assert study.tables.figure_metrics(study.wide(store)) == ["ppl:geomean", "kl:geomean", "acc:mean"]
     assert study.tables.documents(store, study.wide(store)) is None        # no per-document records stored
+
+
+def test_documents_of_several_tables_reads_every_runs_records_once():
+    """05 pairs its self-generated runs with 03's real sources: the records of both tables' runs, each run once
+    (with only its own table's, the paired CI against a 03 run came out empty and its sentence dropped it)."""
+    class Recording:
+        def documents(self, keys):
+            self.keys = keys
+            return pd.DataFrame({"key": keys})
+    store = Recording()
+    a, b = pd.DataFrame({"key": ["k1", "k2"]}), pd.DataFrame({"key": ["k2", "k3"]})
+    assert list(study.tables.documents(store, a, b)["key"]) == ["k1", "k2", "k3"] == store.keys
+    assert study.tables.documents(store, None, a.iloc[0:0]) is None

@@ -85,14 +85,16 @@ def figure_metrics(table: pd.DataFrame) -> list[str]:
             + (["acc:mean"] if has_accuracy(table) else []))
 
 
-def documents(store: Store, table: pd.DataFrame) -> pd.DataFrame | None:
-    """The per-document records (``Store.documents``) of the table's runs, or None where the store has
-    none for them (runs scored before evaluation version 2)."""
+def documents(store: Store, *tables: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The per-document records (``Store.documents``) of the runs of every table given (a notebook that pairs
+    its runs with another grid's, as 05 with 03's real sources, passes both), or None where the store has none
+    for them (runs scored before evaluation version 2)."""
     from ..errors import StoreError
-    if table is None or table.empty or "key" not in table:
+    keys = [k for t in tables if t is not None and not t.empty and "key" in t for k in t["key"]]
+    if not keys:
         return None
     try:
-        return store.documents(list(dict.fromkeys(table["key"])))
+        return store.documents(list(dict.fromkeys(keys)))
     except StoreError:
         return None
 
