@@ -206,3 +206,40 @@ def test_results_guide_counts_archived_runs_and_shows_repo_relative_folders(tmp_
     assert f"| 1 / {len(study.plan('quick'))} | 1 |" in row and "`results/quick/`" in row and "`figures/`" in row
     assert str(tmp_path) not in text
     assert "`figures/standard/`" in text
+
+
+def test_07_reads_each_findings_models_vocabulary_grid_as_the_plan_builds_it():
+    """07 prunes the vocabulary of every findings model (the plan computes those grids): a second model with the
+    claims' pair of methods only, so the notebook reads exactly the runs the sweep made; --model X alone, whole."""
+    from dataclasses import replace
+    cfg = replace(study.get_profile("tiny"), findings_models=("tiny-llama", "tiny-gemma3"))
+    models = study.vocabulary_profiles(cfg)
+    assert list(models) == ["tiny-llama", "tiny-gemma3"]
+    assert models["tiny-llama"] is cfg and models["tiny-gemma3"] == profiles.findings_profile(cfg, "tiny-gemma3")
+    keys = study.notebook_keys(cfg, ["07_vocabulary"])
+    frame = study.plan(cfg)
+    assert keys <= set(frame["key"])                   # (a run sits under the first grid that asks for it)
+    gemma = {s.key for s in grids.vocabulary_grid(models["tiny-gemma3"]).specs}
+    assert gemma and gemma <= keys
+    alone = study.vocabulary_profiles(cfg, "tiny-gemma3")
+    assert list(alone) == ["tiny-gemma3"] and alone["tiny-gemma3"].methods == cfg.methods
+    named = study.get_profile("tiny", model="tiny-gemma3")          # as `calib study --model` builds it
+    assert study.notebook_keys(named, ["07_vocabulary"], "tiny-gemma3") <= set(study.plan(named, ["tiny-gemma3"])["key"])
+
+
+def test_06_with_a_second_model_named_reads_the_claims_grids_the_sweep_made(monkeypatch):
+    """`calib study --only 06_findings --model X`, X a findings model other than the profile's own: 06 tests X
+    on findings_profile(profile name, X) (the claims' pair), so the refusal asks for those runs, which the sweep
+    (no --model) computes, and not for the whole profile's grids on X, which it never does."""
+    from dataclasses import replace
+    tiny = study.get_profile("tiny")
+    cfg = replace(tiny, findings_models=("tiny-llama", "tiny-gemma3"), methods=tiny.methods + (profiles.WANDA,))
+    monkeypatch.setitem(profiles.PROFILES, "tiny", cfg)
+    named = study.get_profile("tiny", model="tiny-gemma3")          # as the CLI builds it for --model
+    keys = study.notebook_keys(named, ["06_findings"], "tiny-gemma3")
+    second = profiles.findings_profile(cfg, "tiny-gemma3")
+    assert profiles.WANDA not in second.methods                     # the claims' pair only
+    assert keys == {s.key for g in plan_mod.VERDICT_GRIDS for s in grids.GRIDS[g](second).specs}
+    assert keys <= set(study.plan(cfg)["key"])
+    assert study.notebook_keys(cfg, ["06_findings"], "tiny-llama") == {
+        s.key for g in plan_mod.VERDICT_GRIDS for s in grids.GRIDS[g](cfg).specs}

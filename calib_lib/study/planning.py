@@ -29,7 +29,8 @@ import pandas as pd
 from ..runs.store import Store
 from .grids import GRIDS
 from .labels import method_label
-from .profiles import Profile, claim_methods, findings_profile, get_profile
+from .profiles import PROFILES, Profile, claim_methods, findings_profile, get_profile
+from .vocabulary import vocabulary_profiles
 
 VERDICT_GRIDS = ("baselines", "noise_floor", "source_domain", "seed_variance", "sample_count", "self_calibration")
 NOTEBOOK_ONLY_GRIDS = ("sequence_length", "selection")
@@ -42,7 +43,8 @@ VOCABULARY_GRIDS = ("vocabulary",)
 
 
 # The grids each study notebook reads, and computes where runs are missing, for the profile's model; 06 reads
-# VERDICT_GRIDS for each findings model, 08 the summary grid of each summary model; 00 and 10 only read the store.
+# VERDICT_GRIDS for each findings model, 07 its grids for each of ``vocabulary_profiles``, 08 the summary grid of
+# each summary model; 00 and 10 only read the store.
 # (tests/test_study.py checks every run a notebook adds on the tiny profile against these.)
 NOTEBOOK_GRIDS = {"01_sample_count": ("dense", "baselines", "noise_floor", "sample_count"),
                   "02_sequence_length": ("dense", "noise_floor", "sequence_length"),
@@ -60,9 +62,15 @@ def notebook_keys(profile: Profile, notebooks, model: str | None = None) -> set[
     keys = set()
     for name in notebooks:
         if name == "06_findings":
+            # 06 builds each model's profile from the profile's name (findings_profile("standard", model)), so a
+            # --model other than the profile's own reads the claims' grids, not the whole profile for it
+            base = PROFILES.get(profile.name, profile) if model else profile
             for each in ([model] if model else profile.findings_models):
-                cfg = findings_profile(profile, each)
+                cfg = findings_profile(base, each)
                 keys |= {spec.key for grid in VERDICT_GRIDS for spec in GRIDS[grid](cfg).specs}
+        elif name == "07_vocabulary":
+            keys |= {spec.key for cfg in vocabulary_profiles(profile, model).values()
+                     for grid in NOTEBOOK_GRIDS[name] for spec in GRIDS[grid](cfg).specs}
         elif name == "08_summarization":
             if profile.summary_eval:
                 keys |= {spec.key for grid in summarization_grids(profile, [model] if model else None)

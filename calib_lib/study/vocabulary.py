@@ -11,13 +11,14 @@ published claim as a rule (V1, below), with the same verdict vocabulary and equi
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from ..runs.store import Store
 from .grids import StudyGrid
-from .profiles import Profile, resolve_sources
+from .profiles import Profile, findings_profile, get_profile, resolve_sources
 
 # V1's equivalence margin: one accuracy point, as F4 (a difference below it is no loss for any reader of the
 # papers' tables, and the budgets here resolve it).
@@ -184,6 +185,30 @@ def vocabulary_verdict(table: pd.DataFrame, *, margin: float = V1_MARGIN, alpha:
     verdict = "does not hold" if outside else "holds" if holds else "inconclusive"
     return {**base, **numbers, "verdict": verdict, "summary": per,
             "what_would_decide": decide if verdict == "inconclusive" else ""}
+
+
+def vocabulary_profiles(profile: str | Profile, model: str | None = None) -> dict[str, Profile]:
+    """07's models, each with the profile its vocabulary grid is built from, as the run plan builds them
+    (``planning.plan``): without `model`, the profile's own model and its findings models, a second model
+    with ``findings_profile``'s methods (the claims' pair); `model` alone where given, on the whole profile
+    (``--model X`` runs the notebooks for X)."""
+    base = get_profile(profile) if isinstance(profile, str) else profile
+    if model:
+        return {model: replace(base, model=model)}
+    return {name: findings_profile(base, name) for name in dict.fromkeys((base.model, *base.findings_models))}
+
+
+def figure_name(kind: str, model: str, own_model: str) -> str:
+    """A per-model figure's name: `kind` for the profile's own model (the name every single-model profile
+    has always written), ``kind-<model>`` for another."""
+    return kind if model == own_model else f"{kind}-{model}"
+
+
+def per_model_text(texts: dict[str, str]) -> str:
+    """One model's text as it is; several, each prefixed with its model."""
+    if len(texts) == 1:
+        return next(iter(texts.values()))
+    return " ".join(f"**{name}**: {text}" for name, text in texts.items())
 
 
 def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame | None = None,
