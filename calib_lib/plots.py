@@ -695,8 +695,17 @@ def vocabulary_tradeoff(table: pd.DataFrame, *, title: str, subtitle: str):
                 _bar(ax, x.to_numpy(), np.asarray(y, dtype=float), 100 * rows["ci95_low"].to_numpy(dtype=float),
                      100 * rows["ci95_high"].to_numpy(dtype=float), method_color(method))
             if kind in ("calibration", "frequent"):
-                # stacked labels: vocabularies of similar size and accuracy sit on one spot
-                for j, (xi, yi, text) in enumerate(zip(x, y, rows["vocabulary_data"])):
+                # vocabularies of similar size and accuracy sit on one spot: stacked labels for a few; for many
+                # (standard: 12 sets) one line with the range, below the cluster (each set is in the table)
+                labelled = list(zip(x, y, rows["vocabulary_data"]))
+                if len(labelled) > 4:
+                    values = np.asarray(y, dtype=float)
+                    lo, hi = int(np.argmin(values)), int(np.argmax(values))
+                    ax.annotate(f"{len(rows)} sets: {values[lo]:+.1f} ({labelled[lo][2]}) to {values[hi]:+.1f} "
+                                f"({labelled[hi][2]})", (float(x.max()), float(values.min())), xytext=(8, -16),
+                                textcoords="offset points", fontsize=6.5, color="0.35")
+                    continue
+                for j, (xi, yi, text) in enumerate(labelled):
                     ax.annotate(text, (xi, yi), xytext=(5, 3 - 9 * j), textcoords="offset points", fontsize=6.5,
                                 color="0.35")
         ax.axhline(0, color="0.4", lw=0.8, zorder=1)

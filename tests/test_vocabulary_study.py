@@ -84,3 +84,32 @@ def test_expected_accuracy_from_stored_choices(loglik, gold, expected):
 
     out = _expected_accuracy(FakeStore(), ["k"])
     assert out.sort_values("doc_id")["expected"].tolist() == pytest.approx(expected)
+
+
+def test_v1_names_each_methods_outcome_when_the_claim_stays_open():
+    """One method whose answers barely move decides (holds) while a noisier one leaves the claim open: the
+    verdict stays open and the summary says which method decided what."""
+    rng = np.random.default_rng(2)
+    mixed = vocabulary_verdict(_table({"dense": _pairs(rng, 6, 300, 0.0, 0.005),
+                                       "gptq 3-bit g128": _pairs(rng, 6, 300, 0.0, 0.25)}))
+    assert mixed["verdict"] == UNTESTABLE
+    assert "m dense holds:" in mixed["summary"] and f"m gptq 3-bit g128 {UNTESTABLE}:" in mixed["summary"]
+
+
+def test_tradeoff_figure_labels_many_calibration_vocabularies_with_one_range():
+    """Twelve calibration-set vocabularies sit on one spot (standard): one line with their range, not twelve
+    stacked labels running off the axes; a few keep a label each."""
+    import matplotlib.pyplot as plt
+
+    from calib_lib import plots
+
+    def table(n):
+        rows = [{"method_label": "dense", "vocabulary_kind": "none", "vocabulary_data": "full vocabulary",
+                 "parameters_after": 135e6, "difference": 0.0}]
+        rows += [{"method_label": "dense + vocab", "vocabulary_kind": "calibration", "vocabulary_data": f"set{i}",
+                  "parameters_after": 106e6 + i * 1e5, "difference": -0.12 + 0.001 * i} for i in range(n)]
+        return pd.DataFrame(rows)
+    for n, expected in ((12, ["12 sets: -12.0 (set0) to -10.9 (set11)"]), (3, ["set0", "set1", "set2"])):
+        fig = plots.vocabulary_tradeoff(table(n), title="t", subtitle="s")
+        assert [t.get_text() for t in fig.axes[0].texts] == expected
+        plt.close(fig)

@@ -150,13 +150,25 @@ def vocabulary_table(store: Store, grid: StudyGrid) -> pd.DataFrame:
     return out
 
 
+def _v1_outcome(r, margin: float, alpha: float) -> str:
+    """V1's rule on one (model, method) row: its 90% CI wholly outside the margin, its TOST (and a cut), its
+    80%-power bound, in that order."""
+    from ..stats import UNTESTABLE
+    if r.ci90_low > margin or r.ci90_high < -margin:
+        return "does not hold"
+    if r.p_tost < alpha and r.parameter_cut > 0:
+        return "holds"
+    return UNTESTABLE if r.mde > margin else "inconclusive"
+
+
 def vocabulary_verdict(table: pd.DataFrame, *, margin: float = V1_MARGIN, alpha: float = 0.05) -> dict:
     """V1 on the task-derived vocabulary rows of ``vocabulary_table``: holds when the 90% CI of every (model,
     method)'s paired difference to its full-vocabulary run lies inside +-`margin` (TOST p < alpha for each) and
     each cut parameters; does not hold when one CI lies wholly outside (at any budget); otherwise untestable when
     the design's 80%-power equivalence bound exceeds the margin (the row says how many documents per task would
     do); else
-    inconclusive. The 95% CI (does it contain 0: the issue's "inside the paired CI of dense") is reported too."""
+    inconclusive. The 95% CI (does it contain 0: the issue's "inside the paired CI of dense") is reported too, and
+    each (model, method)'s own outcome under the same rule (``outcome`` in the summary)."""
     from ..stats import UNTESTABLE
     rows = table[(table["vocabulary_kind"] == "task")] if len(table) else table
     base = {"claim": "V1", "statement": V1_STATEMENT, "rule": V1_RULE, "what_would_decide": ""}
@@ -165,8 +177,11 @@ def vocabulary_verdict(table: pd.DataFrame, *, margin: float = V1_MARGIN, alpha:
                 "task records (the suite has no tasks here, or the runs are missing)",
                 "what_would_decide": "run the vocabulary grid with an evaluation suite that has tasks"}
     rows = rows[rows["difference"].notna()]
-    per = "; ".join(f"{r.model} {r.method_label.split(' + ')[0]}: {100 * r.difference:+.2f} points (95% CI "
-                    f"{100 * r.ci95_low:+.2f} to {100 * r.ci95_high:+.2f}, {int(r.documents)} documents), "
+    # each (model, method) by the same rule, so that a reader sees which decide when the whole claim does not
+    # (a pair that barely changes its answers decides at a budget where a noisier pair stays open)
+    rows = rows.assign(outcome=[_v1_outcome(r, margin, alpha) for r in rows.itertuples()])
+    per = "; ".join(f"{r.model} {r.method_label.split(' + ')[0]} {r.outcome}: {100 * r.difference:+.2f} points "
+                    f"(95% CI {100 * r.ci95_low:+.2f} to {100 * r.ci95_high:+.2f}, {int(r.documents)} documents), "
                     f"{100 * r.parameter_cut:.0f}% fewer parameters" for r in rows.itertuples())
     worst = rows.loc[rows["p_tost"].idxmax()]
     numbers = {"p_value": float(worst["p_tost"]), "effect_size": float(worst["difference"]),
