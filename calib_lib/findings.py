@@ -884,15 +884,16 @@ def f4_self_generated(source_table: pd.DataFrame, self_table: pd.DataFrame, docu
                   effect="mean accuracy difference, self - best real (least equivalent method)",
                   n=int(frame["documents"].sum()), mde=mde, smallest_p=0.0)
     outside = frame[(frame["ci_low"] > margin) | (frame["ci_high"] < -margin)]
-    # a CI wholly outside the margin contradicts equivalence at any budget: only "holds" needs the power
-    if mde > margin and outside.empty:
-        return _untestable("F4", f"the 80%-power equivalence bound is +-{100 * mde:.1f} points > +-{100 * margin:g} "
-                                 f"({picks})", decide, **common)
-    p = float(frame["p_tost"].max())
-    verdict = _decide(p < alpha, not outside.empty)
     per = "; ".join(f"{r.method_label}: {r.best_self} - {r.best_real} {100 * r.difference:+.1f} points (90% CI "
                     f"{100 * r.ci_low:+.1f} to {100 * r.ci_high:+.1f}, {r.documents} documents)"
                     for r in frame.itertuples())
+    # a CI wholly outside the margin contradicts equivalence at any budget: only "holds" needs the power
+    if mde > margin and outside.empty:
+        # the differences too: what the budget shows, even where it cannot decide
+        return _untestable("F4", f"the 80%-power equivalence bound is +-{100 * mde:.1f} points > +-{100 * margin:g} "
+                                 f"({per})", decide, **common)
+    p = float(frame["p_tost"].max())
+    verdict = _decide(p < alpha, not outside.empty)
     return _row("F4", verdict, summary=per, what_would_decide="" if verdict != "inconclusive" else decide,
                 statistic=float(worst["difference"]) / float(worst["se"]), p_value=p,
                 effect_size=float(worst["difference"]), ci_low=float(worst["ci_low"]), ci_high=float(worst["ci_high"]),

@@ -264,6 +264,7 @@ def test_f4_without_documents_or_with_few_says_what_is_missing():
     assert "self (t 1->1)" in row["summary"]                 # names the runs it would compare
     row = findings.f4_self_generated(source, selfgen, documents)
     assert row["verdict"] == UNTESTABLE and "documents per task" in row["what_would_decide"]
+    assert "points (90% CI" in row["summary"]                # what the budget shows, though it cannot decide
 
 
 def _binomial_spread_table(docs=20, sets=5, seed=0):
