@@ -190,13 +190,14 @@ def vocabulary_verdict(table: pd.DataFrame, *, margin: float = V1_MARGIN, alpha:
                "ci95_contains_zero": bool(((rows["ci95_low"] <= 0) & (rows["ci95_high"] >= 0)).all())}
     decide = (f"needs >= {int(rows['needed_docs_per_task'].max()):,} documents per task (has "
               f"{int(rows['docs_per_task'].min())}) for a +-{100 * margin:g} point equivalence at 80% power")
-    outside = bool(((rows["ci90_low"] > margin) | (rows["ci90_high"] < -margin)).any())
+    # the claim from its rows' outcomes (one rule, ``_v1_outcome``): against it where one row is, for it where all are
+    outside = bool((rows["outcome"] == "does not hold").any())
     # a CI wholly outside the margin decides against the claim at any budget; only equivalence needs the power
     if numbers["mde"] > margin and not outside:
         return {**base, **numbers, "verdict": UNTESTABLE, "what_would_decide": decide,
                 "summary": f"untestable: the 80%-power equivalence bound is +-{100 * numbers['mde']:.1f} points > "
                            f"+-{100 * margin:g} ({per})"}
-    holds = bool((rows["p_tost"] < alpha).all() and (rows["parameter_cut"] > 0).all())
+    holds = bool((rows["outcome"] == "holds").all())
     verdict = "does not hold" if outside else "holds" if holds else "inconclusive"
     return {**base, **numbers, "verdict": verdict, "summary": per,
             "what_would_decide": decide if verdict == "inconclusive" else ""}
