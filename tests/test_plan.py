@@ -243,3 +243,30 @@ def test_06_with_a_second_model_named_reads_the_claims_grids_the_sweep_made(monk
     assert keys <= set(study.plan(cfg)["key"])
     assert study.notebook_keys(cfg, ["06_findings"], "tiny-llama") == {
         s.key for g in plan_mod.VERDICT_GRIDS for s in grids.GRIDS[g](cfg).specs}
+
+
+def test_store_contents_counts_runs_per_model_and_folds_vocabulary_runs_into_one_entry_per_method():
+    runs = pd.DataFrame({
+        "model": ["m1", "m1", "m1", "m1", "m2"],
+        "method_label": ["dense", "wanda 50%", "dense + vocab: c4/32x512/set0", "dense + vocab: a + b",
+                         "wanda 50% + vocab: suite"],
+        "vocabulary": [None, float("nan"), "vocab: c4/32x512/set0", "vocab: a + b", "vocab: suite"]})
+    text = study.store_contents(runs)
+    assert text.startswith("5 finished runs in `runs/` (m1 4, m2 1); methods: dense, wanda 50%.")
+    # a vocabulary whose name holds ' + ' is still cut off whole, not at its last ' + '
+    assert text.endswith("With a pruned vocabulary (07): dense (2 vocabularies), wanda 50% (1 vocabulary).")
+    assert "c4/32x512" not in text
+    assert study.store_contents(runs.iloc[:0], "x/runs/") == "No finished runs in `x/runs/` yet."
+    assert "pruned vocabulary" not in study.store_contents(runs.iloc[:2].drop(columns="vocabulary"))
+
+
+def test_a_reading_notebook_refuses_a_folder_without_runs_and_creates_nothing(tmp_path):
+    import pytest
+
+    from calib_lib.errors import StoreError
+    typo = tmp_path / "reslts" / "quick"
+    with pytest.raises(StoreError, match=f"no runs in {typo}.*check results_dir"):
+        study.results_store(typo, existing=True)
+    assert not (tmp_path / "reslts").exists()
+    store = study.results_store(tmp_path / "quick")                 # a study notebook creates its store
+    assert study.results_store(tmp_path / "quick", existing=True).path == store.path

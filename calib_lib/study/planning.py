@@ -166,6 +166,27 @@ def phase_times(store: Store) -> pd.DataFrame:
     return table
 
 
+def store_contents(runs: pd.DataFrame, where: str = "runs/") -> str:
+    """One line on what a results table (``study.wide``) holds: the finished runs per model, the methods, and
+    the vocabulary-pruned runs per method as a count of vocabularies (a long sweep has a dozen, one label each,
+    which would bury the methods)."""
+    if runs.empty:
+        return f"No finished runs in `{where}` yet."
+    models = ", ".join(f"{model} {count}" for model, count in runs["model"].value_counts().items())
+    pruned = runs["vocabulary"].map(lambda v: isinstance(v, str)) if "vocabulary" in runs else \
+        pd.Series(False, index=runs.index)
+    # tables.wide labels a vocabulary-pruned run '<method label> + <vocabulary>': the method label is the rest
+    base = pd.Series([label[:-len(f" + {v}")] if p else label for label, v, p
+                      in zip(runs["method_label"], runs.get("vocabulary", pruned), pruned)], index=runs.index)
+    text = (f"{len(runs)} finished runs in `{where}` ({models}); methods: "
+            f"{', '.join(sorted(base[~pruned].unique())) or 'none without a pruned vocabulary'}.")
+    if pruned.any():
+        vocabularies = runs[pruned].groupby(base[pruned])["vocabulary"].nunique()
+        text += (" With a pruned vocabulary (07): " + ", ".join(
+            f"{label} ({n} {'vocabulary' if n == 1 else 'vocabularies'})" for label, n in vocabularies.items()) + ".")
+    return text
+
+
 def estimated_seconds(frame: pd.DataFrame, store: Store | None) -> pd.Series:
     """Each planned run's expected wall-clock seconds: the median of the finished runs of its cost class
     (``cost_class``), else of its model's runs of the same method and kind (summaries or not), else of its

@@ -43,21 +43,34 @@ def headline_metrics(table: pd.DataFrame) -> list[str]:
     return ["ppl:geomean"] + (["acc:mean"] if has_accuracy(table) else [])
 
 
-def results_store(results_dir: str | Path, read_only: bool = False) -> Store:
+def results_store(results_dir: str | Path, read_only: bool = False, existing: bool = False) -> Store:
     """A profile's results store: ``<results_dir>/runs/``, one immutable file per finished run (what git
     keeps: each commit adds only new runs), imported on opening into ``<results_dir>/runs.sqlite`` (a local
-    cache, not committed)."""
+    cache, not committed).
+
+    ``existing``: refuse a folder that holds no runs instead of creating an empty store there. The notebooks
+    that only read (00_overview, 10_explore) ask for it, so that a mistyped ``results_dir`` names the folder
+    rather than reporting "0 runs" from a store it has just created."""
     results_dir = Path(results_dir)
+    if existing and not holds_runs(results_dir):
+        from ..errors import StoreError
+        raise StoreError(f"no runs in {results_dir} (no runs/*.zip, no runs.sqlite): check results_dir, or "
+                         f"compute the runs first (`calib study --profile <profile>`)")
     return Store(results_dir / "runs.sqlite", read_only=read_only, archive=results_dir / "runs")
 
 
 def stored_results(results_dir: str | Path) -> Store | None:
     """``results_store`` opened read-only where `results_dir` holds runs (run files or a store file); None where
     it holds none yet (nothing is created either way)."""
-    results_dir = Path(results_dir)
-    if (results_dir / "runs.sqlite").is_file() or any((results_dir / "runs").glob("*.zip")):
+    if holds_runs(results_dir):
         return results_store(results_dir, read_only=True)
     return None
+
+
+def holds_runs(results_dir: str | Path) -> bool:
+    """Whether `results_dir` holds a results store: run files or the store file (nothing is opened)."""
+    results_dir = Path(results_dir)
+    return (results_dir / "runs.sqlite").is_file() or any((results_dir / "runs").glob("*.zip"))
 
 
 def notebook_path(path: str | Path) -> Path:
