@@ -192,7 +192,11 @@ def count_view(table: pd.DataFrame, *, title: str = "Calibration sample count", 
         raise ValueError("no calibrated runs to show against the sample count")
     params, condition = _filters(alt, data, default_metric)
     highlight = alt.selection_point(fields=["method"], bind="legend")
-    encode = dict(x=alt.X("samples:Q", scale=alt.Scale(type="log"), title="calibration samples"),
+    # ticks at the sample counts run, and no "nice" widening: a log axis rounded out to powers of ten runs to
+    # 1,000 for counts up to 128, squeezing the points into the left half
+    counts = sorted({int(n) for n in data["samples"]})
+    encode = dict(x=alt.X("samples:Q", scale=alt.Scale(type="log", nice=False, padding=14),
+                          axis=alt.Axis(values=counts, format="d"), title="calibration samples (log scale)"),
                   y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="value (log scale)"),
                   color=_colour(alt, data), detail="line:N",
                   opacity=alt.condition(highlight, alt.value(0.9), alt.value(0.12)))

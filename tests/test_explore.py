@@ -68,6 +68,16 @@ def test_count_view_reads_calibrated_runs_only():
         explore.count_view(explore.long_table(_runs().iloc[:1]))
 
 
+def test_count_view_ticks_are_the_sample_counts_run():
+    """Not Vega's nice log ticks, which ran the axis to 1,000 for counts up to 128."""
+    import re
+
+    import vl_convert
+    svg = vl_convert.vegalite_to_svg(explore.count_view(explore.long_table(_runs())).spec())
+    x_axis = re.search(r'role-axis-label[^>]*>(.*?)</g>', svg, re.S).group(1)      # the first axis drawn: x
+    assert re.findall(r"<text[^>]*>([^<]*)</text>", x_axis) == ["16", "64"]
+
+
 def _drawn_points(spec: dict, metric: str) -> int:
     """The points Vega draws for ``spec`` with ``metric`` picked (vl-convert runs the real Vega runtime)."""
     import json
