@@ -138,9 +138,14 @@ def _finish(fig, title: str, subtitle: str):
     width, height = fig.get_size_inches()
     lines = textwrap.wrap(subtitle, max(40, int(width * 15))) if subtitle else []
     line = 1.25 * 9 / 72                                  # inches per 9-point line
-    fig.text(0.5, 1.0 + 0.02 / height, "\n".join(lines), ha="center", va="bottom", fontsize=9, color="0.35",
+    # above the figure's top edge, or above whatever already reaches past it: a y-label longer than its panel
+    # is tall sticks out above the axes (and ran into the subtitle)
+    renderer = fig.canvas.get_renderer()
+    top = max([1.0] + [ax.yaxis.label.get_window_extent(renderer).y1 / fig.bbox.height
+                       for ax in fig.axes if ax.get_ylabel()])
+    fig.text(0.5, top + 0.02 / height, "\n".join(lines), ha="center", va="bottom", fontsize=9, color="0.35",
              linespacing=1.25)
-    fig.text(0.5, 1.0 + (0.06 + len(lines) * line) / height, title, ha="center", va="bottom", fontsize=13,
+    fig.text(0.5, top + (0.06 + len(lines) * line) / height, title, ha="center", va="bottom", fontsize=13,
              fontweight="bold")
     return fig
 
@@ -188,7 +193,9 @@ def _label(column: str) -> str:
     if kind == "ppl":
         return "perplexity (geometric mean over texts)" if name == "geomean" else f"{name} perplexity"
     if kind == "kl":
-        return "KL to dense, nats/token (geo. mean over texts)" if name == "geomean" else f"{name} KL to dense"
+        # short enough to fit the height of a one-row figure's panel (a longer one ran into the suptitle); the
+        # subtitles say over which texts the geometric mean is taken
+        return "KL to dense (nats/token, geo. mean)" if name == "geomean" else f"{name} KL to dense"
     if kind == "kl_mean":
         return f"{name} KL to dense (nats/token)"
     if kind == "top1":

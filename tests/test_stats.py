@@ -227,6 +227,23 @@ def test_category_and_log_axis_labels_do_not_overlap():
         assert 2 <= len(ticks) <= 7 and all(low <= t <= high * 1.0001 for t in ticks), (low, high, ticks)
 
 
+def test_title_and_subtitle_clear_a_y_label_taller_than_its_panel():
+    """A rotated y-label longer than the panel is tall reaches above the axes; the subtitle goes above it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib import plots
+    plots.style()
+    long = "a metric whose name is much longer than the panel is tall, as the KL label once was"
+    table = _figure_table().rename(columns={"ppl:geomean": long})
+    fig = plots.trend(table, "calibration.num_samples", [long], title="Title", subtitle="subtitle")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    label = fig.axes[0].yaxis.label.get_window_extent(renderer)
+    texts = [t for t in fig.texts if t.get_text() in ("Title", "subtitle")]
+    assert label.y1 > fig.axes[0].get_window_extent(renderer).y1                  # the label does stick out
+    assert len(texts) == 2 and all(t.get_window_extent(renderer).y0 > label.y1 for t in texts)
+
+
 def test_spread_draws_the_noise_reference_and_keeps_method_colours():
     import matplotlib
     matplotlib.use("Agg")
