@@ -7,7 +7,8 @@ from conftest import REPO
 
 
 def _notebook_keys(profile):
-    """Keys of every grid the notebooks read: 01-05 for the profile's model, 06's grids for each findings model."""
+    """Keys of every grid the notebooks read: every grid for the profile's model; 06's grids and 07's vocabulary
+    grid for each findings model; 08's summaries for each summary model."""
     keys = set()
     for name, grid in grids.GRIDS.items():
         if name != "dense":
@@ -16,6 +17,10 @@ def _notebook_keys(profile):
         cfg = profiles.findings_profile(profile, model)
         for name in plan_mod.VERDICT_GRIDS:
             keys |= {s.key for s in grids.GRIDS[name](cfg).specs}
+    for cfg in study.vocabulary_profiles(profile).values():
+        keys |= {s.key for s in grids.vocabulary_grid(cfg).specs}
+    for model in profile.summary_models:
+        keys |= {s.key for s in grids.GRIDS["summarization"](profiles.findings_profile(profile, model)).specs}
     return keys
 
 
@@ -97,20 +102,23 @@ def test_plan_summary_estimates_hours_left_from_finished_runs_of_the_same_kind(t
     frame = study.plan(cfg)
     store = study.results_store(tmp_path)
     classes = frame["spec"].map(lambda spec: plan_mod.cost_class(spec.normalized()))
-    sparsegpt = frame[classes.map(lambda c: c[1:] == ("sparsegpt", False, False, False))]
+    sparsegpt = frame[classes.map(lambda c: c == (cfg.model, "sparsegpt", False, False, False))]
     for (_, row), total in zip(sparsegpt.iloc[:3].iterrows(), (10.0, 30.0, 500.0)):   # 500: a paused run
         store.put(row["key"], "done", row["label"], row["spec"].normalized(),
                   {"metrics": [], "timings": {"total": total}})
     seconds = plan_mod.estimated_seconds(frame, store)
+    own = classes.map(lambda c: c[0] == cfg.model)
     assert (seconds[sparsegpt.index] == 30.0).all()                       # the class's median, not its mean
-    other = classes.map(lambda c: c[1] != "sparsegpt" and not c[3])
+    other = classes.map(lambda c: c[1] != "sparsegpt" and not c[3]) & own
     assert (seconds[other[other].index] == 30.0).all()                     # the model's median for its kind
     summaries = classes.map(lambda c: c[3])
     assert summaries.any() and seconds[summaries].isna().all()            # no summary run finished: unknown
+    assert (~own).any() and seconds[~own].isna().all()                     # nor any run of the second model
     summary = study.plan_summary(frame, store)
-    left = summary.set_index("grid")["hours_left"]
+    left = summary[summary["model"] == cfg.model].set_index("grid")["hours_left"]
     assert pd.isna(left["summarization"]) and left.drop("summarization").notna().all()
-    not_done = (~frame["key"].isin(sparsegpt["key"].iloc[:3])) & ~summaries
+    assert summary.loc[summary["model"] != cfg.model, "hours_left"].isna().all()
+    not_done = (~frame["key"].isin(sparsegpt["key"].iloc[:3])) & ~summaries & own
     assert abs(summary["hours_left"].sum() - 30.0 * not_done.sum() / 3600) < 1e-9
 
 
@@ -188,10 +196,10 @@ def test_notebooks_of_a_sweep_first_profile_refuse_to_start_its_missing_runs(tmp
 
 
 def test_a_model_named_explicitly_gets_its_summary_grid_in_the_plan():
-    cfg = study.get_profile("tiny", model="tiny-gemma3")
-    assert "tiny-gemma3" not in cfg.summary_models
-    frame = study.plan(cfg, ["tiny-gemma3"])
-    keys = study.notebook_keys(cfg, ["08_summarization"], "tiny-gemma3")
+    cfg = study.get_profile("tiny", model="tiny-gptneox")
+    assert "tiny-gptneox" not in cfg.summary_models
+    frame = study.plan(cfg, ["tiny-gptneox"])
+    keys = study.notebook_keys(cfg, ["08_summarization"], "tiny-gptneox")
     assert keys and keys <= set(frame["key"])
 
 

@@ -139,6 +139,8 @@ def test_notebooks_have_one_parameters_cell_and_the_python3_kernel():
 EXPECTED_FIGURES = ["01_sample_count-trend", "02_sequence_length-trend", "03_source_domain-by-source",
                     "03_source_domain-domain-matrix", "04_seed_variance-sets", "04_seed_variance-swing", "04_seed_variance-variance",
                     "05_self_calibration-by-data", "07_vocabulary-usage", "07_vocabulary-tradeoff",
+                    # tiny has a second findings model, as standard has: 07 draws it apart, under its name
+                    "07_vocabulary-usage-tiny-gemma3", "07_vocabulary-tradeoff-tiny-gemma3",
                     "08_summarization-runs", "08_summarization-claims"]
 
 
@@ -185,6 +187,11 @@ def test_every_notebook_runs_on_the_tiny_profile_and_writes_its_figures(tiny_stu
         assert (out / "results" / f"{row['notebook']}.html").is_file()
     findings = study.load_findings(out / "results")
     assert set(findings) == set(notebooks.STUDIES) | {"06_findings"}
+    # 07 reports each findings model under its name; 08 summarised with both summary models
+    assert findings["07_vocabulary"]["text"].count("**tiny-gemma3**") == 1
+    store = Store(out / "results" / "runs.sqlite", read_only=True)
+    model_of = {run["key"]: run["spec"]["model"] for run in store.records("done")}
+    assert set(store.summaries()["key"].map(model_of)) == {"tiny-llama", "tiny-gemma3"}
     for text in (f["text"] for f in findings.values()):
         assert text and "nan" not in text.lower().replace("n/a", "")
     # 05 pairs its self-generated runs with 03's real sources too: each comparison, with either, has its paired CI
@@ -235,11 +242,16 @@ def test_findings_notebook_on_the_tiny_profile_reuses_runs_and_writes_six_verdic
     assert store.count() == before                  # every run it needs was made by notebooks 01-05
     import pandas as pd
     verdicts = pd.read_csv(out / "results" / "findings_verdicts.csv")
-    assert list(verdicts["claim"]) == ["F1", "F2", "F3", "F4", "F5", "F6"]
+    # every claim on each findings model (two, as on standard), in the profile's model order
+    assert list(verdicts["claim"]) == ["F1", "F2", "F3", "F4", "F5", "F6"] * 2
+    assert list(verdicts["model"]) == ["tiny-llama"] * 6 + ["tiny-gemma3"] * 6
     from calib_lib.findings import UNTESTABLE
     assert set(verdicts["verdict"]) <= {"holds", "does not hold", "inconclusive", UNTESTABLE}
-    for claim in ("f1", "f2", "f3", "f4"):
-        assert (out / "figures" / f"06_findings-{claim}-tiny-llama.png").is_file()
+    for claim in ("f1", "f2", "f3", "f4", "f5", "f6"):
+        for model in ("tiny-llama", "tiny-gemma3"):
+            assert (out / "figures" / f"06_findings-{claim}-{model}.png").is_file()
+    headline = pd.read_csv(out / "results" / "headline.csv")
+    assert list(headline["model"].unique()) == ["tiny-llama", "tiny-gemma3"]
 
 
 def test_study_verdicts_reads_the_store_only_and_agrees_with_the_findings_notebook(tiny_study, capsys, tmp_path):

@@ -113,3 +113,22 @@ def test_tradeoff_figure_labels_many_calibration_vocabularies_with_one_range():
         fig = plots.vocabulary_tradeoff(table(n), title="t", subtitle="s")
         assert [t.get_text() for t in fig.axes[0].texts] == expected
         plt.close(fig)
+
+
+def test_finding_states_a_range_only_where_its_ends_differ():
+    """One calibration vocabulary (or several alike) reads '68 tokens', not '68-68 tokens' or 'x% (a) to x% (a)'."""
+    from calib_lib.study.vocabulary import vocabulary_finding
+
+    def row(data, kept, cover):
+        return {"method_label": "dense + vocab", "vocabulary_kind": "calibration", "vocabulary_data": data,
+                "kept": kept, "task_token_coverage": cover, "gold_covered": 0.5, "difference": -0.1}
+    task = {"method_label": "dense + vocab: suite", "vocabulary_kind": "task", "vocabulary_data": "suite",
+            "kept": 131, "vocab_size": 384, "kept_share": 131 / 384, "parameter_cut": 0.22,
+            "parameters_before": 51_200, "parameters_after": 40_000, "difference": np.nan}
+    verdict = {"verdict": UNTESTABLE, "summary": "s"}
+    one = vocabulary_finding(pd.DataFrame([task, row("news 4x32", 68, 0.77)]), verdict)
+    assert "keep 68 tokens; they cover 77.0% of the tasks' tokens and 50% of their gold answers" in one
+    assert "(0.0512 M -> 0.04 M)" in one                    # a tiny model's size, not '0 M -> 0 M'
+    two = vocabulary_finding(pd.DataFrame([task, row("news 4x32", 68, 0.77), row("code 4x32", 1_500, 0.9)]),
+                             verdict)
+    assert "keep 68-1,500 tokens; they cover 77.0% (news 4x32) to 90.0% (code 4x32)" in two

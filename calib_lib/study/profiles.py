@@ -102,10 +102,13 @@ PROFILES = {
         sample_counts=(1, 2, 4, 8), seq_lens=(16, 32, 64), token_budget=128,
         variance_sources=("wikipedia", "news"), sets=3, schedules=((1.0, 1.0), (1.5, 0.5)),
         suite=suite_fields("study-tiny", ("wikipedia", "news"), 2, 64, ("arc_easy", "copa"), 8),
-        findings_models=("tiny-llama",), vocab_sources=("news",), vocab_sizes=(4,), vocab_methods=(SPARSEGPT,),
+        # two models, as on standard: 06, 07 and 08 then take their several-model paths in CI, not first at
+        # the end of a long sweep
+        findings_models=("tiny-llama", "tiny-gemma3"), vocab_sources=("news",), vocab_sizes=(4,), vocab_methods=(SPARSEGPT,),
         vocab_frequent=(64,), selectors=("random", "coverage", "activation-kmeans", "mix"),
         selection_methods=(SPARSEGPT,), selection_sets=2,
-        summary_models=("tiny-llama",), summary_methods=(SPARSEGPT, WANDA), summary_sources=("wikipedia", "news"),
+        summary_models=("tiny-llama", "tiny-gemma3"), summary_methods=(SPARSEGPT, WANDA),
+        summary_sources=("wikipedia", "news"),
         summary_sets=2, summary_eval={"datasets": ["bbc-xsum", "aclsum"], "documents": 6, "max_new_tokens": 8,
                                       "max_input_tokens": 96, "batch_size": 4}),
     "quick": Profile(

@@ -237,7 +237,7 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
             continue
         parts.append(f"{r.method_label}: keeps {int(r.kept):,} of {int(r.vocab_size):,} tokens "
                      f"({100 * r.kept_share:.1f}%), {100 * r.parameter_cut:.0f}% fewer model parameters "
-                     f"({r.parameters_before / 1e6:.0f} M -> {r.parameters_after / 1e6:.0f} M)"
+                     f"({r.parameters_before / 1e6:.3g} M -> {r.parameters_after / 1e6:.3g} M)"
                      + (f", accuracy {100 * r.difference:+.2f} points (95% CI {100 * r.ci95_low:+.2f} to "
                         f"{100 * r.ci95_high:+.2f})" if pd.notna(getattr(r, "difference", np.nan)) else ""))
     text = "Task-derived vocabulary: " + ("; ".join(parts) if parts else "no finished run") + "."
@@ -249,12 +249,15 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
     if len(cal):
         worst = cal.loc[cal["task_token_coverage"].idxmin()]
         best = cal.loc[cal["task_token_coverage"].idxmax()]
-        text += (f" Calibration-derived vocabularies keep {int(cal['kept'].min()):,}-{int(cal['kept'].max()):,} tokens; "
-                 f"they cover {100 * worst.task_token_coverage:.1f}% ({worst.vocabulary_data}) to "
-                 f"{100 * best.task_token_coverage:.1f}% ({best.vocabulary_data}) of the tasks' tokens")
+        text += (f" Calibration-derived vocabularies keep {_span(cal['kept'].min(), cal['kept'].max(), '{:,.0f}')} "
+                 f"tokens; they cover "
+                 + (f"{100 * worst.task_token_coverage:.1f}% ({worst.vocabulary_data}) to "
+                    f"{100 * best.task_token_coverage:.1f}% ({best.vocabulary_data})"
+                    if f"{worst.task_token_coverage:.3f}" != f"{best.task_token_coverage:.3f}"
+                    else f"{100 * worst.task_token_coverage:.1f}%") + " of the tasks' tokens")
         if "gold_covered" in cal:
-            text += (f" and {100 * cal['gold_covered'].min():.0f}-{100 * cal['gold_covered'].max():.0f}% of their "
-                     "gold answers (an answer holding a pruned token cannot be produced)")
+            text += (f" and {_span(100 * cal['gold_covered'].min(), 100 * cal['gold_covered'].max(), '{:.0f}')}% "
+                     "of their gold answers (an answer holding a pruned token cannot be produced)")
         if "difference" in cal and cal["difference"].notna().any():
             lo, hi = cal.loc[cal["difference"].idxmin()], cal.loc[cal["difference"].idxmax()]
             if lo.difference == hi.difference:
@@ -269,9 +272,17 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
             largest = tasks[tasks["num_samples"] == tasks["num_samples"].max()]
             by_source = largest.groupby("source")["coverage"].mean().sort_values()
             text += (f" From tokens alone, the largest calibration sets ({int(largest['num_samples'].iloc[0])} "
-                     f"samples) cover {100 * by_source.iloc[0]:.1f}% ({by_source.index[0]}) to "
-                     f"{100 * by_source.iloc[-1]:.1f}% ({by_source.index[-1]}) of the tasks' tokens.")
+                     "samples) cover "
+                     + (f"{100 * by_source.iloc[0]:.1f}% ({by_source.index[0]}) to {100 * by_source.iloc[-1]:.1f}% "
+                        f"({by_source.index[-1]})" if len(by_source) > 1
+                        else f"{100 * by_source.iloc[0]:.1f}% ({by_source.index[0]})") + " of the tasks' tokens.")
     return text
+
+
+def _span(low: float, high: float, fmt: str) -> str:
+    """'low-high', or one number where both print the same (a single vocabulary, or several of one size)."""
+    low, high = fmt.format(low), fmt.format(high)
+    return low if low == high else f"{low}-{high}"
 
 
 def _mib(value: float) -> str:
