@@ -95,7 +95,8 @@ MIRROR_SOURCES = ("c4", "wikitext2")
 
 PROFILES = {
     "tiny": Profile(
-        "tiny", "a tiny random Llama: checks that every notebook runs end to end (CI); numbers mean nothing",
+        "tiny", "a tiny random Llama (and a tiny Gemma-3 as second findings and summary model): checks that every "
+                "notebook runs end to end (CI); numbers mean nothing",
         model="tiny-llama", methods=(SPARSEGPT, {"name": "gptq", "bits": 3, "group_size": 32}),
         baselines=(MAGNITUDE, {"name": "rtn", "bits": 3, "group_size": 32}), self_methods=(SPARSEGPT_24,),
         base_source="wikipedia", sources=("wikipedia", "news"), num_samples=4, seq_len=32,
