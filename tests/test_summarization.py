@@ -431,6 +431,26 @@ def test_claim_rule_rarely_holds_under_the_null_and_decides_with_enough_document
     assert few["verdict"] == "cannot decide" and "fewer than" in few["note"]
 
 
+def test_claims_figure_labels_each_model_and_dataset_once_and_says_why_a_row_is_blank():
+    """Two (model, dataset) groups, each in the legend once whichever point comes first; a method whose every
+    comparison has too few paired documents gets a note in its row instead of nothing."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib.study import summarization as s
+    rng = np.random.default_rng(3)
+    docs = pd.concat([_docs(0.1, 40, rng).assign(model=model) for model in ("m1", "m2")], ignore_index=True)
+    few = _docs(0.1, s.MIN_DOCUMENTS - 2, rng).query("method_label != 'dense'").assign(method_label="sparsegpt 50%")
+    docs = pd.concat([docs, few.assign(model="m1"), few.assign(model="m2")], ignore_index=True)
+    claims = s.published_claims(docs, {"coverage": ("", +1, 0.03, "S2")})
+    # the first method of each group has no estimate: the old rule labelled only a group's point on it
+    claims = pd.concat([claims[claims["method_label"] == "sparsegpt 50%"],
+                        claims[claims["method_label"] != "sparsegpt 50%"]], ignore_index=True)
+    fig = s.effects_figure(claims, title="t", subtitle="s")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m1 / x", "m2 / x"]
+    notes = [t.get_text() for t in fig.axes[0].texts]
+    assert notes == [f"not estimated: {s.MIN_DOCUMENTS - 2} paired docs (< {s.MIN_DOCUMENTS})"]
+
+
 def test_source_rule_rarely_finds_an_effect_under_the_null():
     from calib_lib.study import summarization as s
     metric = {"coverage": ("", +1, 0.03, "S2")}

@@ -323,25 +323,39 @@ def effects_figure(claims: pd.DataFrame, title: str, subtitle: str):
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1), 3.4), squeeze=False)
     groups = list(shown.groupby(["model", "dataset"], sort=False).groups) if not shown.empty else []
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labelled = set()                      # each (model, dataset) in the legend once, from its first drawn point
     for ax, metric in zip(axes[0], metrics):
         part = shown[shown["metric"] == metric]
         methods = list(dict.fromkeys(part["method_label"]))
         for g, (model, dataset) in enumerate(groups):
             rows = part[(part["model"] == model) & (part["dataset"] == dataset)]
             offset = (g - (len(groups) - 1) / 2) * 0.18
-            for _, r in rows.iterrows():
+            for _, r in rows[np.isfinite(rows["effect"].astype(float))].iterrows():
                 y = methods.index(r["method_label"]) + offset
                 ax.errorbar(r["effect"], y, xerr=[[r["effect"] - r["effect_low"]], [r["effect_high"] - r["effect"]]],
                             fmt="o", color=colours[g % len(colours)], capsize=3,
-                            label=f"{model} / {dataset}" if metric == metrics[0] and r["method_label"] == methods[0] else None)
-        ax.axvline(0, color="black", lw=0.8)
+                            label=None if (model, dataset) in labelled else f"{model} / {dataset}")
+                labelled.add((model, dataset))
+        # a method with no estimate anywhere would leave its row blank: say why
+        for i, method in enumerate(methods):
+            rows = part[part["method_label"] == method]
+            if not np.isfinite(rows["effect"].astype(float)).any():
+                most = int(rows["documents"].max())
+                ax.text(0.5, i, "not estimated" + (f": {most} paired docs (< {MIN_DOCUMENTS})"
+                                                   if most < MIN_DOCUMENTS else ""),
+                        transform=ax.get_yaxis_transform(), ha="center", va="center", fontsize=7, color="0.4",
+                        bbox=dict(facecolor="white", edgecolor="none", pad=1.0), zorder=5)
         margin = CLAIM_METRICS[metric][2]
+        if not np.isfinite(part["effect"].astype(float)).any():
+            ax.set_xlim(-2 * margin, 2 * margin)              # nothing drawn: the margin's scale, around 0
+        ax.set_ylim(-0.5, len(methods) - 0.5)                 # no row on the frame
+        ax.axvline(0, color="black", lw=0.8)
         ax.axvline(margin, color="grey", ls="--", lw=0.8)
         ax.set_yticks(range(len(methods)), methods)
         ax.set_title(f"{metric}\n(claimed: {'lower' if CLAIM_METRICS[metric][1] < 0 else 'higher'})", fontsize=9)
         ax.set_xlabel("effect vs dense (claimed direction > 0)")
-    if groups:
-        fig.legend(loc="lower center", ncol=min(len(groups), 4), fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    if labelled:
+        fig.legend(loc="lower center", ncol=min(len(labelled), 4), fontsize=8, bbox_to_anchor=(0.5, -0.08))
     fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
     fig.tight_layout()
     return fig
