@@ -451,6 +451,18 @@ def test_claims_figure_labels_each_model_and_dataset_once_and_says_why_a_row_is_
     assert notes == [f"not estimated: {s.MIN_DOCUMENTS - 2} paired docs (< {s.MIN_DOCUMENTS})"]
 
 
+def test_runs_figure_legend_has_dense_and_every_source_even_if_the_first_panel_lacks_them():
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib.study import summarization as s
+    runs = pd.DataFrame([
+        {"model": "m1", "dataset": "x", "method_label": "dense", "source": "none", "a": np.nan, "b": 0.5},
+        {"model": "m1", "dataset": "x", "method_label": "wanda 50%", "source": "news", "a": np.nan, "b": 0.4},
+        {"model": "m1", "dataset": "x", "method_label": "wanda 50%", "source": "wikipedia", "a": 0.2, "b": 0.3}])
+    fig = s.runs_figure(runs, ["a", "b"], title="t", subtitle="s")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["dense", "news", "wikipedia"]
+
+
 def test_source_rule_rarely_finds_an_effect_under_the_null():
     from calib_lib.study import summarization as s
     metric = {"coverage": ("", +1, 0.03, "S2")}

@@ -370,6 +370,7 @@ def runs_figure(runs: pd.DataFrame, metrics: list[str], title: str, subtitle: st
                              squeeze=False)
     sources = sorted(s for s in runs["source"].unique() if s != "none") if not runs.empty else []
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    legend: dict = {}                     # label -> handle, from the first panel that draws it
     for row, (model, dataset) in enumerate(groups):
         part = runs[(runs["model"] == model) & (runs["dataset"] == dataset)] if not runs.empty else runs
         methods = [m for m in dict.fromkeys(part["method_label"]) if m != "dense"] if not part.empty else []
@@ -377,19 +378,21 @@ def runs_figure(runs: pd.DataFrame, metrics: list[str], title: str, subtitle: st
             ax = axes[row][col]
             dense = part.loc[part["method_label"] == "dense", metric] if not part.empty else pd.Series(dtype=float)
             if len(dense) and np.isfinite(dense.iloc[0]):
-                ax.axhline(float(dense.iloc[0]), color="black", ls="--", lw=0.9, label="dense" if row == col == 0 else None)
+                legend.setdefault("dense", ax.axhline(float(dense.iloc[0]), color="black", ls="--", lw=0.9))
             for s, source in enumerate(sources):
                 pts = part[part["source"] == source]
                 xs = [methods.index(m) + (s - (len(sources) - 1) / 2) * 0.12 for m in pts["method_label"]]
-                ax.errorbar(xs, pts[metric], yerr=pts.get(f"half:{metric}", 0 * pts[metric]).fillna(0), fmt="o",
-                            ms=4, capsize=2, lw=0.8, color=colours[s % len(colours)],
-                            label=source if row == col == 0 else None)
+                drawn = ax.errorbar(xs, pts[metric], yerr=pts.get(f"half:{metric}", 0 * pts[metric]).fillna(0),
+                                    fmt="o", ms=4, capsize=2, lw=0.8, color=colours[s % len(colours)])
+                if np.isfinite(pts[metric].astype(float)).any():
+                    legend.setdefault(source, drawn)
             ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
             ax.set_xlim(-0.5, max(len(methods), 1) - 0.5)
             ax.set_title(f"{metric} · {model} / {dataset}", fontsize=8)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, bbox_to_anchor=(0.5, -0.04))
+    if legend:
+        order = [label for label in ("dense", *sources) if label in legend]
+        fig.legend([legend[label] for label in order], order, loc="lower center", ncol=len(order), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.04))
     fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
     fig.tight_layout()
     return fig
