@@ -248,6 +248,7 @@ def cmd_study(args) -> int:
               f"{summary['done']} done now, {summary['failed']} failed ({summary['seconds']:.0f} s)")
         return 0 if not summary["failed"] else 1
     _refuse_foreground_sweep(args, REPO)
+    _refuse_reading_nothing(args, REPO)
     rows = execute_notebooks(args.profile, only=args.only, results_dir=args.results_dir, figures_dir=args.figures_dir,
                    model=args.model, backend=args.backend, html=not args.no_html)
     for row in rows:
@@ -286,6 +287,17 @@ def _refuse_foreground_sweep(args, repo: Path) -> None:
                        f"{results_dir / 'runs'}{cost}: compute them first in the background with `calib study "
                        f"--profile {args.profile} --runs-only` (resumable; --verdicts reads interim verdicts), or "
                        "pass --allow-runs to let the notebooks compute them in the foreground")
+
+
+def _refuse_reading_nothing(args, repo: Path) -> None:
+    """Only the notebooks that read the store (00_overview, 10_explore) chosen, on a folder with no runs: one
+    line here rather than a failed cell (they refuse such a folder: ``results_store(existing=True)``)."""
+    from . import study
+    from .notebooks import READS_ONLY, notebook_names
+    results_dir = Path(args.results_dir or repo / "results" / args.profile)
+    if set(notebook_names(args.only)) <= set(READS_ONLY) and not study.holds_runs(results_dir):
+        raise InvalidInput(f"no runs in {results_dir} for {', '.join(notebook_names(args.only))} to read: check "
+                           f"--results-dir, or compute them first (`calib study --profile {args.profile}`)")
 
 
 def _study_verdicts(args, repo: Path) -> int:

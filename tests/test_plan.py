@@ -278,3 +278,13 @@ def test_a_reading_notebook_refuses_a_folder_without_runs_and_creates_nothing(tm
     assert not (tmp_path / "reslts").exists()
     store = study.results_store(tmp_path / "quick")                 # a study notebook creates its store
     assert study.results_store(tmp_path / "quick", existing=True).path == store.path
+
+
+def test_reading_notebooks_alone_on_a_folder_without_runs_are_refused_in_one_line(tmp_path, capsys):
+    from calib_lib import cli
+    empty = tmp_path / "reslts"
+    assert cli.main(["study", "--profile", "tiny", "--only", "10_explore", "00_overview", "--results-dir",
+                     str(empty), "--no-html"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"no runs in {empty} for 10_explore, 00_overview to read" in err and len(err.splitlines()) == 1
+    assert not empty.exists()

@@ -14,7 +14,7 @@ from .grids import (GRIDS, StudyGrid, baseline_grid, dense_grid, noise_floor_gri
                     vocabulary_grid, selection_grid, summarization_grid)
 from .labels import fmt, method_family, method_label
 from .headline import headline_table, headline_view
-from .session import NotebookSession, headline_metrics, notebook_path, results_store, setup, stored_results
+from .session import NotebookSession, headline_metrics, holds_runs, notebook_path, results_store, setup, stored_results
 from .profiles import (AWQ3, CAVEAT_4BIT, GPTQ3, MAGNITUDE, MIRROR_SOURCES, PROFILES, PYPI_SOURCES, RTN3, SPARSEGPT,
                        SPARSEGPT_24, SPQR3, WANDA, WANDA_24, Profile,
                        available_real_sources, claim_methods, describe_budget, findings_profile, get_profile,
@@ -29,6 +29,6 @@ __all__ = ["AWQ3", "CAVEAT_4BIT", "GPTQ3", "GRIDS", "MAGNITUDE", "MIRROR_SOURCES
            "StudyGrid", "available_real_sources", "baseline_grid", "claim_methods", "dense_grid", "findings_profile", "noise_floor_grid", "describe_budget", "fmt", "get_profile",
            "has_accuracy", "headline_metrics", "headline_table", "headline_view", "load_findings", "long_metrics", "method_family", "method_label", "notebook_path",
            "phase_times", "plan", "store_contents", "plan_summary", "results_guide", "ppl_columns", "rank_of", "run_plan", "resolve_sources", "run", "same_domain_gap", "sample_count_grid",
-           "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "results_store", "setup", "stored_results", "notebook_keys",
+           "save_finding", "seed_variance_grid", "self_calibration_grid", "sequence_length_grid", "results_store", "setup", "stored_results", "holds_runs", "notebook_keys",
            "source_domain_grid", "suite_fields", "summaries", "task_columns", "vocabulary_finding", "vocabulary_grid", "vocabulary_profiles", "selection_grid", "summarization_grid",
            "vocabulary_table", "vocabulary_usage", "vocabulary_verdict", "vocabulary_view", "wide"]
