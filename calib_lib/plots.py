@@ -140,7 +140,8 @@ def _finish(fig, title: str, subtitle: str):
     line = 1.25 * 9 / 72                                  # inches per 9-point line
     # above the figure's top edge, or above whatever already reaches past it: a y-label longer than its panel
     # is tall sticks out above the axes (and ran into the subtitle)
-    renderer = fig.canvas.get_renderer()
+    # Agg-type canvases (inline, PNG) have get_renderer; others (MPLBACKEND=svg or pdf) only the figure's own
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else fig._get_renderer()
     top = max([1.0] + [ax.yaxis.label.get_window_extent(renderer).y1 / fig.bbox.height
                        for ax in fig.axes if ax.get_ylabel()])
     fig.text(0.5, top + 0.02 / height, "\n".join(lines), ha="center", va="bottom", fontsize=9, color="0.35",

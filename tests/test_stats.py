@@ -242,6 +242,14 @@ def test_title_and_subtitle_clear_a_y_label_taller_than_its_panel():
     texts = [t for t in fig.texts if t.get_text() in ("Title", "subtitle")]
     assert label.y1 > fig.axes[0].get_window_extent(renderer).y1                  # the label does stick out
     assert len(texts) == 2 and all(t.get_window_extent(renderer).y0 > label.y1 for t in texts)
+    # a canvas without get_renderer (MPLBACKEND=svg or pdf) still gets its titles
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    fig, ax = plt.subplots()
+    FigureCanvasSVG(fig)
+    ax.set_ylabel("y")
+    plots._finish(fig, "Title", "subtitle")
+    assert [t.get_text() for t in fig.texts] == ["subtitle", "Title"]
 
 
 def test_spread_draws_the_noise_reference_and_keeps_method_colours():
