@@ -451,6 +451,27 @@ def test_claims_figure_labels_each_model_and_dataset_once_and_says_why_a_row_is_
     assert notes == [f"not estimated: {s.MIN_DOCUMENTS - 2} paired docs (< {s.MIN_DOCUMENTS})"]
 
 
+def test_claims_figure_legend_follows_the_groups_and_an_empty_panel_keeps_the_margin_scale():
+    import matplotlib
+    matplotlib.use("Agg")
+    from calib_lib.study import summarization as s
+
+    def row(metric, model, effect):
+        return {"claim": "S2", "metric": metric, "model": model, "dataset": "x", "method_label": "wanda 50%",
+                "effect": effect, "effect_low": effect - 0.01, "effect_high": effect + 0.01, "documents": 40,
+                "verdict": "cannot decide"}
+    nan = float("nan")
+    claims = pd.DataFrame([row("coverage", "m1", nan), row("coverage", "m2", 0.02),       # m2 draws first
+                           row("novel_2grams", "m1", 0.01), row("novel_2grams", "m2", 0.03),
+                           row("entity_hallucination", "m1", nan), row("entity_hallucination", "m2", nan)])
+    fig = s.effects_figure(claims, title="t", subtitle="s")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["m1 / x", "m2 / x"]
+    empty = next(ax for ax in fig.axes if ax.get_title().startswith("entity_hallucination"))
+    margin = s.CLAIM_METRICS["entity_hallucination"][2]
+    assert empty.get_xlim() == (-2 * margin, 2 * margin)
+    assert [t.get_text() for t in empty.texts] == ["not estimated"]          # 40 documents: no count given
+
+
 def test_runs_figure_legend_has_dense_and_every_source_even_if_the_first_panel_lacks_them():
     import matplotlib
     matplotlib.use("Agg")

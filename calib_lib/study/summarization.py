@@ -323,7 +323,7 @@ def effects_figure(claims: pd.DataFrame, title: str, subtitle: str):
     fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1), 3.4), squeeze=False)
     groups = list(shown.groupby(["model", "dataset"], sort=False).groups) if not shown.empty else []
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    labelled = set()                      # each (model, dataset) in the legend once, from its first drawn point
+    labelled: dict = {}                   # (model, dataset) -> the handle of its first drawn point
     for ax, metric in zip(axes[0], metrics):
         part = shown[shown["metric"] == metric]
         methods = list(dict.fromkeys(part["method_label"]))
@@ -332,10 +332,10 @@ def effects_figure(claims: pd.DataFrame, title: str, subtitle: str):
             offset = (g - (len(groups) - 1) / 2) * 0.18
             for _, r in rows[np.isfinite(rows["effect"].astype(float))].iterrows():
                 y = methods.index(r["method_label"]) + offset
-                ax.errorbar(r["effect"], y, xerr=[[r["effect"] - r["effect_low"]], [r["effect_high"] - r["effect"]]],
-                            fmt="o", color=colours[g % len(colours)], capsize=3,
-                            label=None if (model, dataset) in labelled else f"{model} / {dataset}")
-                labelled.add((model, dataset))
+                drawn = ax.errorbar(r["effect"], y, xerr=[[r["effect"] - r["effect_low"]],
+                                                          [r["effect_high"] - r["effect"]]],
+                                    fmt="o", color=colours[g % len(colours)], capsize=3)
+                labelled.setdefault((model, dataset), drawn)
         # a method with no estimate anywhere would leave its row blank: say why
         for i, method in enumerate(methods):
             rows = part[part["method_label"] == method]
@@ -355,7 +355,9 @@ def effects_figure(claims: pd.DataFrame, title: str, subtitle: str):
         ax.set_title(f"{metric}\n(claimed: {'lower' if CLAIM_METRICS[metric][1] < 0 else 'higher'})", fontsize=9)
         ax.set_xlabel("effect vs dense (claimed direction > 0)")
     if labelled:
-        fig.legend(loc="lower center", ncol=min(len(labelled), 4), fontsize=8, bbox_to_anchor=(0.5, -0.08))
+        order = [group for group in groups if group in labelled]          # the groups' order, whichever drew first
+        fig.legend([labelled[g] for g in order], [f"{model} / {dataset}" for model, dataset in order],
+                   loc="lower center", ncol=min(len(order), 4), fontsize=8, bbox_to_anchor=(0.5, -0.08))
     fig.suptitle(f"{title}\n{subtitle}", fontsize=10)
     fig.tight_layout()
     return fig
