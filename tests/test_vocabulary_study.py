@@ -129,6 +129,12 @@ def test_finding_states_a_range_only_where_its_ends_differ():
     one = vocabulary_finding(pd.DataFrame([task, row("news 4x32", 68, 0.77)]), verdict)
     assert "keep 68 tokens; they cover 77.0% of the tasks' tokens and 50% of their gold answers" in one
     assert "(0.0512 M -> 0.04 M)" in one                    # a tiny model's size, not '0 M -> 0 M'
+    big = vocabulary_finding(pd.DataFrame([task | {"parameters_before": 3.8804e9, "parameters_after": 134.5e6},
+                                           row("news 4x32", 68, 0.77)]), verdict)
+    assert "(3,880 M -> 134 M)" in big                      # whole millions, never '3.88e+03 M'
     two = vocabulary_finding(pd.DataFrame([task, row("news 4x32", 68, 0.77), row("code 4x32", 1_500, 0.9)]),
                              verdict)
     assert "keep 68-1,500 tokens; they cover 77.0% (news 4x32) to 90.0% (code 4x32)" in two
+    assert "and 50% of their gold answers" in two
+    alike = vocabulary_finding(pd.DataFrame([task, row("a", 68, 0.77001), row("b", 70, 0.76999)]), verdict)
+    assert "they cover 77.0% of the tasks' tokens" in alike           # equal as printed: one number

@@ -237,7 +237,7 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
             continue
         parts.append(f"{r.method_label}: keeps {int(r.kept):,} of {int(r.vocab_size):,} tokens "
                      f"({100 * r.kept_share:.1f}%), {100 * r.parameter_cut:.0f}% fewer model parameters "
-                     f"({r.parameters_before / 1e6:.3g} M -> {r.parameters_after / 1e6:.3g} M)"
+                     f"({_millions(r.parameters_before)} -> {_millions(r.parameters_after)})"
                      + (f", accuracy {100 * r.difference:+.2f} points (95% CI {100 * r.ci95_low:+.2f} to "
                         f"{100 * r.ci95_high:+.2f})" if pd.notna(getattr(r, "difference", np.nan)) else ""))
     text = "Task-derived vocabulary: " + ("; ".join(parts) if parts else "no finished run") + "."
@@ -253,7 +253,7 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
                  f"tokens; they cover "
                  + (f"{100 * worst.task_token_coverage:.1f}% ({worst.vocabulary_data}) to "
                     f"{100 * best.task_token_coverage:.1f}% ({best.vocabulary_data})"
-                    if f"{worst.task_token_coverage:.3f}" != f"{best.task_token_coverage:.3f}"
+                    if f"{100 * worst.task_token_coverage:.1f}" != f"{100 * best.task_token_coverage:.1f}"
                     else f"{100 * worst.task_token_coverage:.1f}%") + " of the tasks' tokens")
         if "gold_covered" in cal:
             text += (f" and {_span(100 * cal['gold_covered'].min(), 100 * cal['gold_covered'].max(), '{:.0f}')}% "
@@ -277,6 +277,13 @@ def vocabulary_finding(table: pd.DataFrame, verdict: dict, usage: pd.DataFrame |
                         f"({by_source.index[-1]})" if len(by_source) > 1
                         else f"{100 * by_source.iloc[0]:.1f}% ({by_source.index[0]})") + " of the tasks' tokens.")
     return text
+
+
+def _millions(count: float) -> str:
+    """A parameter count in millions: whole millions from 100 M (never an exponent), 3 digits below (a tiny
+    test model has a fraction of one)."""
+    millions = count / 1e6
+    return f"{millions:,.0f} M" if millions >= 100 else f"{millions:.3g} M"
 
 
 def _span(low: float, high: float, fmt: str) -> str:
