@@ -221,7 +221,7 @@ def cmd_study(args) -> int:
         return _study_verdicts(args, REPO)
     if args.plan or args.runs_only:
         from . import study
-        results_dir = Path(args.results_dir or REPO / "results" / args.profile)
+        results_dir = _results_dir(args, REPO)
         # --model X: the profile as the notebooks run it for X (every grid), not X as a second findings model
         profile = study.get_profile(args.profile, model=args.model)
         models = [args.model] if args.model else None
@@ -257,6 +257,11 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _results_dir(args, repo: Path) -> Path:
+    """The profile's results folder: ``--results-dir``, default ``results/<profile>`` of the checkout."""
+    return Path(args.results_dir or repo / "results" / args.profile)
+
+
 def _refuse_foreground_sweep(args, repo: Path) -> None:
     """A profile meant to be swept first (``Profile.sweep_first``: standard, paper) would have its notebooks
     compute the runs they miss one after the other in the foreground, for hours: refused while any run the
@@ -268,7 +273,7 @@ def _refuse_foreground_sweep(args, repo: Path) -> None:
     if not profile.sweep_first or args.allow_runs:
         return
     needed = study.notebook_keys(profile, notebook_names(args.only), args.model)
-    results_dir = Path(args.results_dir or repo / "results" / args.profile)
+    results_dir = _results_dir(args, repo)
     if needed <= {path.stem for path in (results_dir / "runs").glob("*.zip")}:    # by name: no store opened
         return
     store = study.stored_results(results_dir)
@@ -294,9 +299,9 @@ def _refuse_reading_nothing(args, repo: Path) -> None:
     line here rather than a failed cell (they refuse such a folder: ``results_store(existing=True)``)."""
     from . import study
     from .notebooks import READS_ONLY, notebook_names
-    results_dir = Path(args.results_dir or repo / "results" / args.profile)
-    if set(notebook_names(args.only)) <= set(READS_ONLY) and not study.holds_runs(results_dir):
-        raise InvalidInput(f"no runs in {results_dir} for {', '.join(notebook_names(args.only))} to read: check "
+    results_dir, names = _results_dir(args, repo), notebook_names(args.only)
+    if set(names) <= set(READS_ONLY) and not study.holds_runs(results_dir):
+        raise InvalidInput(f"no runs in {results_dir} for {', '.join(names)} to read: check "
                            f"--results-dir, or compute them first (`calib study --profile {args.profile}`)")
 
 
@@ -308,7 +313,7 @@ def _study_verdicts(args, repo: Path) -> int:
     if args.plan or args.runs_only or args.only:
         raise InvalidInput("--verdicts reads the store only: drop --plan, --runs-only and --only")
     profile = study.get_profile(args.profile)
-    results_dir = Path(args.results_dir or repo / "results" / args.profile)
+    results_dir = _results_dir(args, repo)
     if not (results_dir / "runs").is_dir():
         raise InvalidInput(f"no run files in {results_dir / 'runs'}: compute some first with "
                            f"`calib study --profile {args.profile} --runs-only`")
